@@ -1,0 +1,1 @@
+"""ml_collections configs: `default.py` and small hardware deltas on it."""

@@ -1,0 +1,135 @@
+"""Default config and named presets: `--config configs/default.py:PRESET`.
+
+Presets (big_vision-style `get_config(arg)`):
+  full      the paper-size three-task model at 256x256 (default; GPU/TPU sized)
+  seg_only  ablation: segmentation alone
+  cls_only  ablation: classification alone
+  no_recon  ablation: segmentation + classification, no reconstruction decoder
+  demo      CPU-sized three-task run on synthetic CT (what `make demo` trains)
+  tiny      tiny widths at 64x64 and a few steps, for tests
+Ablation presets combine with a size: `seg_only,demo` or `no_recon,tiny`.
+"""
+
+import os
+
+import ml_collections
+
+SIZE_PRESETS = ('full', 'demo', 'tiny')
+ABLATIONS = ('seg_only', 'cls_only', 'no_recon', 'uncertainty')
+PRESETS = SIZE_PRESETS + ABLATIONS
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  names = [a.strip() for a in (arg or 'full').split(',') if a.strip()]
+  unknown = [n for n in names if n not in PRESETS]
+  if unknown:
+    raise ValueError(f'unknown preset(s) {unknown}; valid presets: '
+                     f'{", ".join(PRESETS)} (combine with commas)')
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.data_dir = os.environ.get('MTL_DATA_DIR', 'data')
+  # Datasets mixed for training, with sampling weights.
+  config.data.sources = ml_collections.ConfigDict({'synthetic_ct': 1.0})
+  config.data.eval_source = 'synthetic_ct'
+  config.data.image_size = 256
+  # Preprocessing recorded in every checkpoint and replayed by predict.
+  config.data.window_hu = (-1000.0, 400.0)
+  # Training augmentation (mtl_jax/data/augment.py), same for image and mask.
+  config.data.augment = True
+  config.data.flip_prob = 0.5
+  config.data.rotate_deg = 10.0
+  config.data.scale_range = (0.9, 1.1)
+  config.data.intensity_shift = 0.05
+  config.data.contrast_range = (0.9, 1.1)
+  config.data.elastic_prob = 0.0
+  config.data.num_workers = 0
+  config.data.prefetch = 2
+
+  config.model = ml_collections.ConfigDict()
+  config.model.widths = (32, 64, 128, 256)
+  config.model.bottleneck = 512
+  config.model.num_seg_classes = 1
+  config.model.num_classes = 3
+  config.model.cls_hidden = (256,)
+  config.model.dropout = 0.5
+  config.model.norm = 'batch'
+  config.model.compute_dtype = 'float32'
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.weights = ml_collections.ConfigDict(
+      {'seg': 1.0, 'recon': 1.0, 'cls': 1.0})
+  config.loss.seg_ce_weight = 1.0
+  config.loss.uncertainty_weighting = False
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-3
+  config.optim.end_learning_rate_factor = 0.01
+  config.optim.warmup_steps = 200
+  config.optim.weight_decay = 1e-4
+  config.optim.grad_clip_norm = 1.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.global_batch_size = 16
+  config.train.num_train_steps = 20_000
+  config.train.log_every_steps = 50
+  config.train.eval_every_steps = 1000
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 3
+  config.train.best_metric = 'dice'
+  config.train.progress_bar = True
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 32
+  config.eval.bootstrap_resamples = 1000
+  config.eval.max_examples = -1  # -1: the whole split
+
+  for name in names:
+    _apply_preset(config, name)
+  config.preset = ','.join(names)
+  return config
+
+
+def _apply_preset(config, name):
+  if name == 'full':
+    return
+  if name == 'demo':
+    config.data.image_size = 128
+    config.model.widths = (16, 32, 64, 128)
+    config.model.bottleneck = 256
+    config.model.cls_hidden = (128,)
+    config.optim.learning_rate = 2e-3
+    config.optim.warmup_steps = 30
+    config.train.global_batch_size = 16
+    config.train.num_train_steps = 600
+    config.train.log_every_steps = 25
+    config.train.eval_every_steps = 200
+    config.train.checkpoint_every_steps = 200
+    config.eval.batch_size = 32
+  elif name == 'tiny':
+    config.data.image_size = 64
+    config.data.num_workers = 0
+    config.model.widths = (8, 16)
+    config.model.bottleneck = 32
+    config.model.cls_hidden = (16,)
+    config.optim.warmup_steps = 2
+    config.train.global_batch_size = 8
+    config.train.num_train_steps = 4
+    config.train.log_every_steps = 2
+    config.train.eval_every_steps = 4
+    config.train.checkpoint_every_steps = 2
+    config.train.progress_bar = False
+    config.eval.batch_size = 16
+    config.eval.bootstrap_resamples = 50
+    config.eval.max_examples = 32
+  elif name == 'seg_only':
+    config.loss.weights.update({'seg': 1.0, 'recon': 0.0, 'cls': 0.0})
+  elif name == 'cls_only':
+    config.loss.weights.update({'seg': 0.0, 'recon': 0.0, 'cls': 1.0})
+    config.train.best_metric = 'auc_covid'
+  elif name == 'no_recon':
+    config.loss.weights.update({'seg': 1.0, 'recon': 0.0, 'cls': 1.0})
+  elif name == 'uncertainty':
+    config.loss.uncertainty_weighting = True

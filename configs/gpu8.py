@@ -1,0 +1,16 @@
+"""One node with 8 GPUs: the default model, a global batch of 8 x 16, bf16 compute.
+
+Usage: mtl-jax train --config configs/gpu8.py[:PRESET] --workdir DIR
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+  config = default.get_config(arg)
+  config.train.global_batch_size = 128
+  config.optim.learning_rate = 2e-3
+  config.model.compute_dtype = 'bfloat16'
+  config.data.num_workers = 8
+  config.eval.batch_size = 256
+  return config

@@ -1,0 +1,103 @@
+"""The `mtl-jax` command line: train, evaluate, demo, build-data.
+
+A thin layer (flax-examples style): parse arguments, load the config, call
+`train.train_and_evaluate` or friends. A user mistake (bad config, missing
+dataset, incompatible checkpoint, bad input file) ends with one line on
+stderr and exit status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+# Multi-device CPU simulation and quiet logs must be set before jax starts.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, RuntimeError,
+               KeyError)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='mtl-jax', description='Multi-task chest CT: COVID-19 classification, '
+      'lesion segmentation and slice reconstruction in one JAX/Flax network.')
+  parser.add_argument('--debug', action='store_true',
+                      help='show full tracebacks instead of one-line errors')
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  train = sub.add_parser('train', help='train (resumes if WORKDIR has a run)',
+                         epilog='Any --config.KEY=VALUE overrides that key.')
+  train.add_argument('--config', default='configs/default.py',
+                     help='config file, optionally with :PRESET (default: %(default)s)')
+  train.add_argument('--workdir', required=True)
+
+  evaluate = sub.add_parser('evaluate', help='evaluate a checkpoint on a split')
+  evaluate.add_argument('--workdir', required=True)
+  evaluate.add_argument('--split', default='validation',
+                        choices=('train', 'validation', 'test'))
+  evaluate.add_argument('--checkpoint', default='best', choices=('best', 'latest'))
+
+  demo = sub.add_parser('demo', help='build synthetic CT, train, evaluate, report')
+  demo.add_argument('--workdir', default='runs/demo')
+  demo.add_argument('--config', default='configs/default.py:demo')
+
+  build = sub.add_parser('build-data', help='build a TFDS dataset (array_record)')
+  build.add_argument('name')
+  build.add_argument('--data_dir', default=os.environ.get('MTL_DATA_DIR', 'data'))
+  build.add_argument('--image_size', type=int, default=None,
+                     help='stored slice size (default: the dataset\'s own)')
+  build.add_argument('--manual_dir', default=None,
+                     help='folder holding the source files, for real datasets')
+  build.add_argument('--skip_bad', action='store_true',
+                     help='leave out bad files (recorded in the metadata)')
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  overrides = [a for a in argv if a.startswith('--config.')]
+  args = _parser().parse_args([a for a in argv if not a.startswith('--config.')])
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s',
+                      datefmt='%H:%M:%S')
+  for noisy in ('absl', 'orbax', 'jax._src', 'tensorflow_datasets'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    return _run(args, overrides)
+  except USER_ERRORS as e:
+    if args.debug:
+      raise
+    print(f'mtl-jax {args.command}: error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f'mtl-jax {args.command}: interrupted; rerun the same command to resume',
+          file=sys.stderr)
+    return 130
+
+
+def _run(args, overrides) -> int:
+  # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
+  from mtl_jax import config_loader, demo, evaluation, train  # pylint: disable=g-import-not-at-top
+  from mtl_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
+  if args.command == 'train':
+    config = config_loader.load_config(args.config, overrides)
+    train.train_and_evaluate(config, args.workdir)
+  elif args.command == 'evaluate':
+    results = evaluation.evaluate_workdir(args.workdir, args.split, args.checkpoint,
+                                          overrides)
+    print(demo.results_table({args.split: results}))
+  elif args.command == 'demo':
+    demo.run_demo(args.workdir, args.config, overrides)
+  elif args.command == 'build-data':
+    kwargs = {key: value for key, value in (('manual_dir', args.manual_dir),
+                                            ('skip_bad', args.skip_bad)) if value}
+    path = datasets.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
+    print(path)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,73 @@
+"""Evaluation over a whole split, and `mtl-jax evaluate` on a workdir.
+
+The jitted eval step runs on sharded, padded batches; predictions come back
+to the host where each task's accumulator pools them over the split, so
+pooled metrics (Dice over all pixels) and ranking metrics (ROC AUC over all
+examples) are computed exactly once, over every example.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from mtl_jax import checkpointing, config_loader, metrics, parallel
+from mtl_jax.data import pipeline
+
+
+def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dict:
+  config = trainer.config
+  max_examples = config.eval.max_examples if max_examples is None else max_examples
+  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
+  local_batch = config.eval.batch_size // jax.process_count()
+  accumulators = {name: task.accumulator() for name, task in trainer.tasks.items()}
+  for local in pipeline.eval_batches(config, split, local_batch, shard, max_examples):
+    predictions = trainer.eval_step(state, parallel.global_batch(local, trainer.mesh))
+    predictions = parallel.to_host(predictions)
+    host_batch = _host_batch(local)
+    for name, task in trainer.tasks.items():
+      task.update(accumulators[name], predictions, host_batch)
+  results = metrics.summarize(
+      accumulators.get('seg'), accumulators.get('cls'), accumulators.get('recon'),
+      bootstrap=config.eval.bootstrap_resamples > 0)
+  results['split'] = split
+  return results
+
+
+def _host_batch(local: dict) -> dict:
+  """The batch as every host sees it (gathered across processes if several)."""
+  if jax.process_count() == 1:
+    return local
+  numeric = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in 'biuf'}
+  return parallel.to_host(numeric)
+
+
+def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best',
+                     overrides: list[str] | None = None) -> dict:
+  """Restore a workdir's best checkpoint, evaluate `split`, write eval_<split>.json."""
+  from mtl_jax import train  # pylint: disable=g-import-not-at-top  (cycle)
+  meta, path = checkpointing.read_meta(workdir, which)
+  config = config_loader.from_dict(meta['config'])
+  config_loader.apply_overrides(config, overrides or [])
+  trainer = train.Trainer(config)
+  ckpt = checkpointing.Checkpointer(workdir, read_only=True,
+                                    best_metric=config.train.best_metric)
+  try:
+    state, _ = ckpt.restore(trainer.restore_target(), which=which)
+  finally:
+    ckpt.close()
+  results = evaluate(trainer, state, split)
+  results['checkpoint'] = os.path.abspath(path)
+  results['step'] = int(state['step'])
+  if jax.process_index() == 0:
+    out = os.path.join(workdir, f'eval_{split}.json')
+    tmp = f'{out}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, out)
+    logging.info('wrote %s', out)
+  return results

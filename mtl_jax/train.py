@@ -1,0 +1,265 @@
+"""Training: `train_and_evaluate(config, workdir)`.
+
+One jitted step, data-parallel over a `data` mesh axis: parameters
+replicated, the batch sharded, the state donated. The train state is a plain
+dict (step, params, batch_stats, opt_state, rng). Metrics of every step stay
+on the device until the next log step, then are fetched together, so the
+loop never waits on the host, yet a NaN is still reported with its exact step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtl_jax import checkpointing, evaluation, models, parallel, tasks as tasks_lib
+from mtl_jax import writers
+from mtl_jax.data import pipeline, preprocess
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf: stop rather than train on garbage."""
+
+
+def make_optimizer(config):
+  """AdamW with linear warm-up, cosine decay and global-norm clipping."""
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate,
+      warmup_steps=min(o.warmup_steps, config.train.num_train_steps),
+      decay_steps=max(config.train.num_train_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.end_learning_rate_factor)
+  # No weight decay on biases, norm scales and task log-variances.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
+                   optax.adamw(schedule, weight_decay=o.weight_decay,
+                               mask=decay_mask))
+  return tx, schedule
+
+
+def init_state(model, tx, config, rng):
+  """The initial train state as a plain dict."""
+  size = config.data.image_size
+  params_rng, dropout_rng, rng = jax.random.split(rng, 3)
+  variables = model.init({'params': params_rng, 'dropout': dropout_rng},
+                         jnp.zeros((1, size, size, 1), jnp.float32), train=False)
+  params = variables['params']
+  return {'step': jnp.zeros((), jnp.int32), 'params': params,
+          'batch_stats': variables.get('batch_stats', {}),
+          'opt_state': tx.init(params), 'rng': rng}
+
+
+def make_train_step(model, tasks, tx, schedule, config):
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state['rng'], state['step'])
+
+    def loss_fn(params):
+      outputs, new_vars = model.apply(
+          {'params': params, 'batch_stats': state['batch_stats']},
+          batch['image'][..., None], train=True, mutable=['batch_stats'],
+          rngs={'dropout': rng})
+      total, terms = tasks_lib.total_loss(tasks, outputs, batch, config)
+      return total, (terms, new_vars.get('batch_stats', {}))
+
+    grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    terms.update(grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(params),
+                 learning_rate=schedule(state['step']))
+    new_state = dict(state, step=state['step'] + 1, params=params,
+                     batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, terms
+  return train_step
+
+
+def make_eval_step(model, tasks):
+  def eval_step(state, batch):
+    outputs = model.apply({'params': state['params'],
+                           'batch_stats': state['batch_stats']},
+                          batch['image'][..., None], train=False)
+    predictions = {}
+    for task in tasks.values():
+      predictions.update(task.predict(outputs))
+    return predictions
+  return eval_step
+
+
+class Trainer:
+  """Everything built from a config: model, tasks, mesh, jitted functions."""
+
+  def __init__(self, config, devices=None):
+    self.mesh = parallel.create_mesh(devices)
+    parallel.check_batch_size(config.train.global_batch_size,
+                              num_devices=self.mesh.size)
+    parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size',
+                              num_devices=self.mesh.size)
+    self.config = config
+    self.tasks = tasks_lib.make_tasks(config)
+    if not self.tasks:
+      raise ValueError('every loss weight is 0: enable at least one task in '
+                       'config.loss.weights')
+    self.model = models.build_model(config, tuple(self.tasks))
+    self.tx, self.schedule = make_optimizer(config)
+    self.repl = parallel.replicated(self.mesh)
+    init_fn = functools.partial(init_state, self.model, self.tx, config)
+    self.abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
+    self.init = jax.jit(init_fn, out_shardings=self.repl)
+    batch_sharding = parallel.batch_sharded(self.mesh)
+    self.train_step = jax.jit(
+        make_train_step(self.model, self.tasks, self.tx, self.schedule, config),
+        in_shardings=(self.repl, batch_sharding),
+        out_shardings=(self.repl, self.repl), donate_argnums=(0,))
+    self.eval_step = jax.jit(make_eval_step(self.model, self.tasks),
+                             in_shardings=(self.repl, batch_sharding),
+                             out_shardings=batch_sharding)
+
+  def restore_target(self):
+    return checkpointing.abstract_with_shardings(self.abstract_state, self.repl)
+
+  def summary(self) -> str:
+    size = self.config.data.image_size
+    return nn.tabulate(self.model, {'params': jax.random.key(0),
+                                    'dropout': jax.random.key(1)},
+                       depth=1, console_kwargs={'width': 120})(
+                           jnp.zeros((1, size, size, 1)), train=False)
+
+  def evaluate(self, state, split: str, max_examples: int | None = None):
+    return evaluation.evaluate(self, state, split, max_examples)
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def checkpoint_meta(config, step: int) -> dict:
+  """What evaluation and prediction need to rebuild and replay the model."""
+  return {'config': json.loads(json.dumps(config.to_dict(), default=list)),
+          'preprocessing': preprocess.settings_from_config(config),
+          'tasks': list(tasks_lib.enabled_tasks(config)),
+          'data_iterator': {'step': int(step),
+                            'sources': dict(config.data.sources)}}
+
+
+def _write_json(path: str, data: dict):
+  """Atomic: write a temporary file, then rename it over the target."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(data, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _flush_metrics(pending, writer, timing):
+  """Fetch pending step metrics, fail on NaN, write their means."""
+  if not pending:
+    return {}
+  steps, values = zip(*pending)
+  values = jax.device_get(values)
+  for step, terms in zip(steps, values):
+    bad = [k for k, v in terms.items() if not np.all(np.isfinite(v))]
+    if bad:
+      raise NonFiniteLossError(
+          f'non-finite {", ".join(sorted(bad))} at step {step}; '
+          'lower optim.learning_rate or check the input data')
+  means = {f'train/{k}': float(np.mean([v[k] for v in values])) for k in values[0]}
+  means.update(timing)
+  writer.write_scalars(steps[-1], means)
+  pending.clear()
+  return means
+
+
+def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = None):
+  """Train, evaluate periodically, checkpoint; resume if `workdir` has a run.
+
+  `interrupt_at_step` stops abruptly (no final save) after that step; tests
+  use it to stand in for a killed process.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  parallel.log_topology()
+  trainer = Trainer(config)
+  lead = jax.process_index() == 0
+  writer = writers.create_writer(os.path.join(workdir, 'tensorboard'),
+                                 just_logging=not lead)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
+                                    config.train.best_metric)
+  config_dict = json.loads(json.dumps(config.to_dict(), default=list))
+  if ckpt.latest_step() is not None:
+    saved, _ = checkpointing.read_meta(workdir, which='latest')
+    checkpointing.check_compatible(saved['config'], config_dict, workdir)
+    state, _ = ckpt.restore(trainer.restore_target())
+    logging.info('resumed from step %d in %s', int(state['step']), workdir)
+  else:
+    state = trainer.init(jax.random.key(config.seed))
+    if lead:
+      print(trainer.summary())
+  start = int(state['step'])
+  num_params = count_params(state['params'])
+  logging.info('model: %s parameters, tasks %s', f'{num_params:,}', tuple(trainer.tasks))
+  if lead:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(config_dict, f, indent=2, sort_keys=True)
+    writer.write_hparams({'num_params': num_params, 'preset': config.preset})
+
+  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
+  batches = pipeline.iterate(pipeline.train_dataset(config, shard), start, config)
+  total = config.train.num_train_steps
+  report = writers.periodic_actions.ReportProgress(num_train_steps=total,
+                                                   writer=writer)
+  progress = _progress_bar(config, start, total) if lead else None
+  pending, results = [], {}
+  wait_time, t_log, steps_since = 0.0, time.time(), 0
+  for step in range(start + 1, total + 1):
+    t0 = time.time()
+    local = next(batches)
+    wait_time += time.time() - t0
+    state, terms = trainer.train_step(state, parallel.global_batch(local, trainer.mesh))
+    pending.append((step, terms))
+    steps_since += 1
+    report(step)
+    if progress is not None:
+      progress.update(1)
+    last = step == total
+    if step % config.train.log_every_steps == 0 or last or step == interrupt_at_step:
+      elapsed = time.time() - t_log
+      _flush_metrics(pending, writer, {
+          'steps_per_sec': steps_since / elapsed,
+          'slices_per_sec': steps_since * config.train.global_batch_size / elapsed,
+          'data_wait_fraction': wait_time / elapsed})
+      wait_time, t_log, steps_since = 0.0, time.time(), 0
+    if step % config.train.eval_every_steps == 0 or last:
+      _flush_metrics(pending, writer, {})
+      results = trainer.evaluate(state, 'validation', config.eval.max_examples)
+      writer.write_scalars(step, {f'validation/{k}': v for k, v in results.items()
+                                  if isinstance(v, (int, float))})
+      ckpt.save_if_best(step, state, checkpoint_meta(config, step), results)
+    if step % config.train.checkpoint_every_steps == 0 or last:
+      _flush_metrics(pending, writer, {})
+      ckpt.save_latest(step, state, checkpoint_meta(config, step))
+    if step == interrupt_at_step:
+      break
+  if progress is not None:
+    progress.close()
+  writer.flush()
+  ckpt.close()
+  if lead and results:
+    _write_json(os.path.join(workdir, 'eval_validation_last.json'), results)
+  return state, results
+
+
+def _progress_bar(config, start, total):
+  if not config.train.progress_bar:
+    return None
+  try:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)

@@ -1,0 +1,48 @@
+"""Test setup: 8 simulated CPU devices, tiny data, the shared CT samples.
+
+XLA_FLAGS must be set before jax initialises, so it is set here, at import.
+Every test then runs data-parallel over 8 devices, as on a GPU node.
+"""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def shared_data() -> pathlib.Path:
+  """../shared/data, or a skip (a failure when MTL_REQUIRE_SHARED=1, as in CI)."""
+  if (SHARED_DATA / 'README.md').exists():
+    return SHARED_DATA
+  reason = (f'real CT samples not found at {SHARED_DATA} (only present beside '
+            'the development checkout)')
+  if os.environ.get('MTL_REQUIRE_SHARED') == '1':
+    pytest.fail(f'MTL_REQUIRE_SHARED=1 but {reason}')
+  pytest.skip(reason)
+
+
+@pytest.fixture(scope='session')
+def synthetic_data_dir(tmp_path_factory) -> str:
+  """A small synthetic_ct build at 64 px, shared by the end-to-end tests."""
+  from mtl_jax.data import datasets
+  data_dir = str(tmp_path_factory.mktemp('data'))
+  datasets.build_dataset('synthetic_ct', data_dir, 64, num_train=64,
+                         num_validation=32, num_test=32)
+  return data_dir
+
+
+@pytest.fixture
+def tiny_config(synthetic_data_dir):
+  from mtl_jax import config_loader
+  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
+  config.data.data_dir = synthetic_data_dir
+  return config

@@ -1,0 +1,132 @@
+"""Model shapes and heads per ablation; configs, presets and overrides."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from mtl_jax import config_loader, models
+from mtl_jax.models import Upsample2x
+
+from conftest import REPO
+
+
+def _tiny_model(tasks=models.TASKS, **kw):
+  return models.MultiTaskUNet(widths=(4, 8), bottleneck=8, cls_hidden=(8,),
+                              tasks=tasks, **kw)
+
+
+def test_heads_and_shapes():
+  model = _tiny_model(num_seg_classes=3)
+  x = jnp.zeros((2, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x)
+  out = model.apply(variables, x)
+  assert out['seg_logits'].shape == (2, 32, 32, 3)
+  assert out['recon'].shape == (2, 32, 32, 1)
+  assert out['cls_logits'].shape == (2, 3)
+  assert set(variables) == {'params', 'batch_stats'}
+
+
+@pytest.mark.parametrize('tasks,heads', [
+    (('seg',), {'seg_decoder'}),
+    (('cls',), {'classifier'}),
+    (('seg', 'cls'), {'seg_decoder', 'classifier'}),
+])
+def test_ablations_build_only_their_heads(tasks, heads):
+  variables = _tiny_model(tasks).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  assert set(variables['params']) == {'encoder'} | heads
+
+
+def test_reconstruction_decoder_has_no_skips():
+  """The recon decoder sees only the bottleneck: changing skips changes nothing."""
+  model = _tiny_model(('recon',))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  convs = variables['params']['recon_decoder']
+  # Each ConvBlock's first conv takes exactly the up-sampled width (no concat).
+  assert convs['ConvBlock_0']['Conv_0']['kernel'].shape[2] == 8
+  seg = _tiny_model(('seg',)).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  assert seg['params']['seg_decoder']['ConvBlock_0']['Conv_0']['kernel'].shape[2] == 16
+
+
+def test_upsample_matmul_equals_conv_transpose():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 7, 3))
+  ours = Upsample2x(4)
+  params = ours.init(jax.random.key(2), x)['params']
+  kernel = params['Dense_0']['kernel'].reshape(3, 2, 2, 4)  # (in, dy, dx, out)
+  reference = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding='VALID',
+                               transpose_kernel=False)
+  bias = jax.random.normal(jax.random.key(3), (4,))
+  params = {'Dense_0': params['Dense_0'], 'bias': bias}
+  # lax.conv_transpose indexes the 2x2 kernel flipped relative to ours.
+  ref_params = {'kernel': kernel.transpose(1, 2, 0, 3)[::-1, ::-1], 'bias': bias}
+  np.testing.assert_allclose(ours.apply({'params': params}, x),
+                             reference.apply({'params': ref_params}, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_and_uncertainty_weighting():
+  model = _tiny_model(norm='group', uncertainty_weighting=True)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  assert 'batch_stats' not in variables
+  out = model.apply(variables, jnp.zeros((1, 16, 16, 1)))
+  assert out['task_log_vars'].shape == (3,)
+
+
+def test_paper_size_parameter_count():
+  config = default.get_config('full')
+  model = models.build_model(config, models.TASKS)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 1)))
+  count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes['params']))
+  assert 9e6 < count < 12e6  # the README states the exact figure
+
+
+@pytest.mark.parametrize('preset', default.PRESETS + ('seg_only,demo', 'no_recon,tiny'))
+def test_every_preset_loads(preset):
+  config = config_loader.load_config(f'{REPO}/configs/default.py:{preset}')
+  assert config.preset == preset
+  model = models.build_model(config, [t for t in models.TASKS
+                                      if config.loss.weights[t] > 0])
+  assert model.widths
+
+
+@pytest.mark.parametrize('name', ['gpu8.py', 'tpu.py'])
+def test_hardware_configs_are_deltas(name):
+  config = config_loader.load_config(f'{REPO}/configs/{name}')
+  base = default.get_config()
+  assert config.model.widths == base.model.widths
+  assert config.train.global_batch_size > base.train.global_batch_size
+
+
+def test_unknown_preset_lists_valid_ones():
+  with pytest.raises(config_loader.ConfigError, match='valid presets: full, demo'):
+    config_loader.load_config(f'{REPO}/configs/default.py:huge')
+
+
+def test_overrides_parse_and_validate():
+  config = config_loader.load_config(
+      f'{REPO}/configs/default.py:tiny',
+      ['--config.optim.learning_rate=0.5', '--config.model.widths=(4,8)',
+       '--config.model.norm=group', '--config.train.progress_bar=true'])
+  assert config.optim.learning_rate == 0.5
+  assert config.model.widths == (4, 8)
+  assert config.model.norm == 'group'
+  assert config.train.progress_bar is True
+  with pytest.raises(config_loader.ConfigError, match='unknown config key .*valid keys'):
+    config_loader.load_config(f'{REPO}/configs/default.py', ['--config.optim.lr=1'])
+  with pytest.raises(config_loader.ConfigError, match='cannot parse .abc.'):
+    config_loader.load_config(f'{REPO}/configs/default.py',
+                              ['--config.train.num_train_steps=abc'])
+  with pytest.raises(config_loader.ConfigError, match='expected a int'):
+    config_loader.load_config(f'{REPO}/configs/default.py',
+                              ['--config.train.num_train_steps=1.5'])
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+  with pytest.raises(config_loader.ConfigError, match='not found'):
+    config_loader.load_config(str(tmp_path / 'nope.py'))
+  bad = tmp_path / 'bad.py'
+  bad.write_text('def get_config(:\n')
+  with pytest.raises(config_loader.ConfigError, match='malformed'):
+    config_loader.load_config(str(bad))

@@ -1,0 +1,1 @@
+"""mtl_jax: multi-task chest-CT model in JAX/Flax."""

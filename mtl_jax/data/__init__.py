@@ -1,0 +1,1 @@
+"""Data: the shared feature spec, synthetic CT, preprocessing, grain pipelines."""

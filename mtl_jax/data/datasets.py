@@ -1,0 +1,115 @@
+"""The dataset registry: build a TFDS dataset, or open one split for reading.
+
+Every dataset lives at `DATA_DIR/NAME/CONFIG/VERSION` in array_record format
+and is read through `tfds.builder_from_directory(...).as_data_source()`, so
+neither building nor reading needs TensorFlow. A new dataset is one entry in
+`_BUILDERS`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+
+import tensorflow_datasets as tfds
+
+from mtl_jax.data import features
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """A dataset that has not been built in the data directory."""
+
+
+def _synthetic_ct():
+  from tfds_builders.synthetic_ct import SyntheticCt  # pylint: disable=g-import-not-at-top
+  return SyntheticCt
+
+
+# name -> (callable returning the builder class, default image size)
+_BUILDERS = {
+    'synthetic_ct': (_synthetic_ct, 128),
+}
+
+
+def known_datasets() -> tuple:
+  return tuple(sorted(_BUILDERS))
+
+
+def _check_name(name: str):
+  if name not in _BUILDERS:
+    raise ValueError(f'unknown dataset {name!r}; known datasets: '
+                     f'{", ".join(known_datasets())}')
+
+
+def _config_dir(name: str, data_dir: str, image_size: int) -> str:
+  return os.path.join(data_dir, name, str(image_size))
+
+
+def builder_dir(name: str, data_dir: str, image_size: int) -> str | None:
+  """The newest built version's directory, or None if not built."""
+  config_dir = _config_dir(name, data_dir, image_size)
+  if not os.path.isdir(config_dir):
+    return None
+  versions = [v for v in os.listdir(config_dir)
+              if os.path.exists(os.path.join(config_dir, v, 'dataset_info.json'))]
+  if not versions:
+    return None
+  newest = max(versions, key=lambda v: tuple(int(p) for p in v.split('.')))
+  return os.path.join(config_dir, newest)
+
+
+def build_dataset(name: str, data_dir: str, image_size: int | None = None,
+                  **kwargs) -> str:
+  """Build `name` at `image_size` into `data_dir` unless already built."""
+  _check_name(name)
+  builder_fn, default_size = _BUILDERS[name]
+  image_size = image_size or default_size
+  existing = builder_dir(name, data_dir, image_size)
+  if existing:
+    return existing
+  builder = builder_fn()(config=str(image_size), data_dir=data_dir,
+                         file_format='array_record', **kwargs)
+  logging.info('building %s/%d into %s', name, image_size, data_dir)
+  builder.download_and_prepare()
+  path = builder_dir(name, data_dir, image_size)
+  for split in builder.info.splits:
+    source = tfds.builder_from_directory(path).as_data_source(split)
+    patients = collections.Counter(
+        features.decode_example(source[i])['patient_id'] for i in range(len(source)))
+    print(f'{name}/{image_size} {split}: {len(source)} slices, '
+          f'{len(patients)} patients')
+  return path
+
+
+class DecodedSource:
+  """Random access to one split, decoded to model inputs (grain-compatible)."""
+
+  def __init__(self, path: str, split: str):
+    self.path, self.split = path, split
+    self._source = tfds.builder_from_directory(path).as_data_source(split)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    return features.decode_example(self._source[index])
+
+  def __repr__(self):
+    return f'DecodedSource({self.path!r}, {self.split!r}, n={len(self)})'
+
+
+def load_split(name: str, split: str, data_dir: str, image_size: int) -> DecodedSource:
+  """One built split, or a one-line DatasetNotFoundError saying how to build it."""
+  _check_name(name)
+  path = builder_dir(name, data_dir, image_size)
+  if path is None:
+    raise DatasetNotFoundError(
+        f'dataset {name!r} at {image_size}px is not built in '
+        f'{os.path.abspath(data_dir)}; build it with: mtl-jax build-data {name} '
+        f'--data_dir {data_dir} --image_size {image_size}')
+  try:
+    return DecodedSource(path, split)
+  except (KeyError, ValueError):
+    raise DatasetNotFoundError(f'dataset {name!r} in {path} has no split '
+                               f'{split!r}') from None

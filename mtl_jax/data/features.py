@@ -1,0 +1,111 @@
+"""The one feature spec every dataset builder writes, and its encode/decode.
+
+Datasets differ in which labels they carry; the spec does not. Missing
+labels are explicit (`has_mask`, `has_label`) rather than absent, so one
+batch can mix datasets and the losses mask per example. A label may be a
+*set* (`label_set`): UCSD "non-COVID" is {normal, other} without saying which.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+CLASS_NAMES = ('covid19', 'normal', 'other')
+SEG_CLASS_NAMES = ('background', 'ggo', 'consolidation')
+NON_COVID = (0, 1, 1)  # label_set for "normal or other pathology"
+_UINT16_MAX = 65535.0
+
+
+def features_dict(image_size: int) -> tfds.features.FeaturesDict:
+  s = (image_size, image_size)
+  return tfds.features.FeaturesDict({
+      # Preprocessed image in [0, 1], quantised to uint16 and zlib-compressed.
+      'image': tfds.features.Tensor(shape=s, dtype=np.uint16, encoding='zlib'),
+      'mask': tfds.features.Tensor(shape=s, dtype=np.uint8, encoding='zlib'),
+      'has_mask': tfds.features.Tensor(shape=(), dtype=np.bool_),
+      'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+      'label_set': tfds.features.Tensor(shape=(len(CLASS_NAMES),), dtype=np.uint8),
+      'has_label': tfds.features.Tensor(shape=(), dtype=np.bool_),
+      'patient_id': tfds.features.Text(),
+      'source': tfds.features.Text(),
+      'spacing': tfds.features.Tensor(shape=(2,), dtype=np.float32),
+  })
+
+
+def encode_image(image01: np.ndarray) -> np.ndarray:
+  return np.round(np.clip(image01, 0.0, 1.0) * _UINT16_MAX).astype(np.uint16)
+
+
+def decode_image(stored: np.ndarray) -> np.ndarray:
+  return stored.astype(np.float32) / _UINT16_MAX
+
+
+def make_example(image01, mask=None, label=None, label_set=None, *,
+                 patient_id: str, source: str, spacing=None) -> dict:
+  """A validated record in the shared spec.
+
+  `label` is an exact class index; `label_set` a collection of allowed class
+  indices or a multi-hot vector (for partial labels). Give at most one.
+  """
+  image01 = np.asarray(image01, np.float32)
+  if image01.ndim != 2:
+    raise ValueError(f'{patient_id}: image must be 2-D, got shape {image01.shape}')
+  if not np.all(np.isfinite(image01)) or image01.min() < 0 or image01.max() > 1:
+    raise ValueError(f'{patient_id}: image must be finite and in [0, 1]')
+  if mask is not None:
+    mask = np.asarray(mask)
+    if mask.shape != image01.shape:
+      raise ValueError(f'{patient_id}: mask shape {mask.shape} != image shape '
+                       f'{image01.shape}')
+    bad = sorted(set(np.unique(mask).tolist()) - set(range(len(SEG_CLASS_NAMES))))
+    if bad:
+      raise ValueError(f'{patient_id}: mask has unexpected label values {bad}; '
+                       f'expected 0..{len(SEG_CLASS_NAMES) - 1}')
+  if label is not None and label_set is not None:
+    raise ValueError(f'{patient_id}: give label or label_set, not both')
+  multi_hot = np.zeros(len(CLASS_NAMES), np.uint8)
+  if label is not None:
+    if not 0 <= int(label) < len(CLASS_NAMES):
+      raise ValueError(f'{patient_id}: label {label} not in 0..{len(CLASS_NAMES) - 1}')
+    multi_hot[int(label)] = 1
+  elif label_set is not None:
+    label_set = np.asarray(label_set)
+    if label_set.shape == (len(CLASS_NAMES),) and set(label_set.tolist()) <= {0, 1}:
+      multi_hot[:] = label_set
+    else:
+      multi_hot[label_set.astype(int)] = 1
+    if multi_hot.sum() == 1:  # a one-element set is an exact label
+      label = int(np.argmax(multi_hot))
+  return {
+      'image': encode_image(image01),
+      'mask': (np.zeros(image01.shape, np.uint8) if mask is None
+               else mask.astype(np.uint8)),
+      'has_mask': mask is not None,
+      'label': -1 if label is None else int(label),
+      'label_set': multi_hot,
+      'has_label': bool(multi_hot.any()),
+      'patient_id': str(patient_id),
+      'source': str(source),
+      'spacing': np.zeros(2, np.float32) if spacing is None
+                 else np.asarray(spacing, np.float32),
+  }
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def decode_example(raw: dict) -> dict:
+  """A stored record as model inputs (numpy) plus its string fields."""
+  return {
+      'image': decode_image(np.asarray(raw['image'])),
+      'mask': np.asarray(raw['mask'], np.int32),
+      'has_mask': np.float32(raw['has_mask']),
+      'label': np.int32(raw['label']),
+      'label_set': np.asarray(raw['label_set'], np.float32),
+      'has_label': np.float32(raw['has_label']),
+      'patient_id': _text(raw['patient_id']),
+      'source': _text(raw['source']),
+      'spacing': np.asarray(raw['spacing'], np.float32),
+  }

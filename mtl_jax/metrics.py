@@ -1,0 +1,470 @@
+"""Evaluation metrics on host numpy arrays (no jax): segmentation, classification,
+reconstruction, bootstrap confidence intervals.
+
+Accumulators pool over a whole split, so metrics that are not averages of
+batch values (pooled Dice, ROC AUC) are computed once over every example.
+
+Conventions (callers rely on these):
+* Segmentation foreground is `label > 0` (or `label == k` for class k).
+* Dice / IoU of an empty prediction against an empty target is 1.0 (nothing to
+  find, nothing found). Sensitivity with an empty target and specificity with
+  no negative pixels are nan (undefined, not perfect).
+* HD95 of two empty masks is 0.0; of exactly one empty mask it is nan (no
+  finite distance exists); the accumulator averages the finite values and
+  reports how many it skipped.
+* "Pooled" means counts summed over all pixels of all images, then one ratio;
+  "per image" means one ratio per image, then the mean. Pooled Dice weights
+  large lesions more; per-image Dice weights every image equally.
+* `result()` dicts may hold float('nan'); `summarize` turns nan into None so
+  its output is strict JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage, stats
+
+PSNR_CAP_DB = 100.0
+
+
+# ----------------------------------------------------------------- segmentation
+def _foreground(x, label: int | None = None) -> np.ndarray:
+  x = np.asarray(x)
+  if label is not None:
+    return x == label
+  return x if x.dtype == bool else x > 0
+
+
+def binary_counts(pred, target, *, label: int | None = None) -> tuple[int, int, int, int]:
+  """(TP, FP, FN, TN) pixel counts of two masks of the same shape."""
+  p, t = _foreground(pred, label), _foreground(target, label)
+  if p.shape != t.shape:
+    raise ValueError(f'pred shape {p.shape} != target shape {t.shape}')
+  tp = int(np.count_nonzero(p & t))
+  fp = int(np.count_nonzero(p & ~t))
+  fn = int(np.count_nonzero(~p & t))
+  return tp, fp, fn, int(p.size) - tp - fp - fn
+
+
+def _dice_from(tp, fp, fn) -> float:
+  denom = 2 * tp + fp + fn
+  return 1.0 if denom == 0 else 2.0 * tp / denom
+
+
+def _iou_from(tp, fp, fn) -> float:
+  denom = tp + fp + fn
+  return 1.0 if denom == 0 else tp / denom
+
+
+def _ratio(num, denom) -> float:
+  return math.nan if denom == 0 else num / denom
+
+
+def dice(pred, target, *, label: int | None = None) -> float:
+  """2|P∩T| / (|P|+|T|); 1.0 when both are empty."""
+  tp, fp, fn, _ = binary_counts(pred, target, label=label)
+  return _dice_from(tp, fp, fn)
+
+
+def iou(pred, target, *, label: int | None = None) -> float:
+  """|P∩T| / |P∪T|; 1.0 when both are empty."""
+  tp, fp, fn, _ = binary_counts(pred, target, label=label)
+  return _iou_from(tp, fp, fn)
+
+
+def sensitivity(pred, target, *, label: int | None = None) -> float:
+  """TP / (TP+FN); nan when the target has no foreground."""
+  tp, _, fn, _ = binary_counts(pred, target, label=label)
+  return _ratio(tp, tp + fn)
+
+
+def specificity(pred, target, *, label: int | None = None) -> float:
+  """TN / (TN+FP); nan when the target has no background."""
+  _, fp, _, tn = binary_counts(pred, target, label=label)
+  return _ratio(tn, tn + fp)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+  """Foreground pixels with a face-adjacent background (or outside) neighbour."""
+  structure = ndimage.generate_binary_structure(mask.ndim, 1)
+  return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
+
+
+def hd95(pred, target, spacing=None, *, label: int | None = None) -> float:
+  """95th percentile of the symmetric surface distances (medpy convention).
+
+  The distances from every surface pixel of `pred` to the surface of
+  `target`, and back, are pooled and their 95th percentile is returned, in
+  the units of `spacing` (pixels when None). Both empty: 0.0; one empty: nan.
+  Works for 2D or 3D masks.
+  """
+  p, t = _foreground(pred, label), _foreground(target, label)
+  if p.shape != t.shape:
+    raise ValueError(f'pred shape {p.shape} != target shape {t.shape}')
+  p_any, t_any = p.any(), t.any()
+  if not p_any and not t_any:
+    return 0.0
+  if not p_any or not t_any:
+    return math.nan
+  # Crop to the union's bounding box plus one pixel: same distances, less work.
+  coords = np.nonzero(p | t)
+  box = tuple(slice(max(int(c.min()) - 1, 0), int(c.max()) + 2) for c in coords)
+  sp, st = _surface(p[box]), _surface(t[box])
+  to_t = ndimage.distance_transform_edt(~st, sampling=spacing)
+  to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+  distances = np.concatenate([to_t[sp], to_p[st]])
+  return float(np.percentile(distances, 95))
+
+
+def _match_shapes(a: np.ndarray, b: np.ndarray):
+  """Drop a trailing channel of size 1 from whichever array has one extra."""
+  if a.ndim == b.ndim + 1 and a.shape[-1] == 1:
+    a = a[..., 0]
+  elif b.ndim == a.ndim + 1 and b.shape[-1] == 1:
+    b = b[..., 0]
+  if a.shape != b.shape:
+    raise ValueError(f'shapes differ: {a.shape} vs {b.shape}')
+  return a, b
+
+
+def _valid_mask(valid, batch: int) -> np.ndarray:
+  if valid is None:
+    return np.ones(batch, dtype=bool)
+  valid = np.asarray(valid).reshape(-1).astype(bool)
+  if valid.shape[0] != batch:
+    raise ValueError(f'valid has {valid.shape[0]} entries for a batch of {batch}')
+  return valid
+
+
+class SegmentationAccumulator:
+  """Pools lesion-segmentation counts and per-image scores over a split.
+
+  `update` takes integer label maps (B, H, W) (or (B, D, H, W)); the binary
+  lesion mask is `label > 0`. With num_classes > 1 each foreground class k
+  also gets a pooled Dice, `dice_class_<k>`.
+  """
+
+  def __init__(self, num_classes: int = 1, spacing=None):
+    self.num_classes = int(num_classes)
+    self.spacing = spacing
+    self._counts = []        # per image (TP, FP, FN, TN), binary lesion
+    self._hd95 = []
+    self._class_counts = np.zeros((max(self.num_classes - 1, 0), 3), np.int64)
+
+  def update(self, pred_labels, target_labels, valid=None):
+    pred, target = _match_shapes(np.asarray(pred_labels), np.asarray(target_labels))
+    keep = _valid_mask(valid, pred.shape[0])
+    pred, target = pred[keep], target[keep]
+    if pred.shape[0] == 0:
+      return
+    p = _foreground(pred).reshape(pred.shape[0], -1)
+    t = _foreground(target).reshape(target.shape[0], -1)
+    tp = np.count_nonzero(p & t, axis=1)
+    fp = np.count_nonzero(p & ~t, axis=1)
+    fn = np.count_nonzero(~p & t, axis=1)
+    tn = p.shape[1] - tp - fp - fn
+    self._counts.append(np.stack([tp, fp, fn, tn], axis=1).astype(np.int64))
+    self._hd95.extend(hd95(pred[i] > 0, target[i] > 0, self.spacing)
+                      for i in range(pred.shape[0]))
+    for k in range(1, self.num_classes):
+      pk, tk = pred == k, target == k
+      self._class_counts[k - 1] += (np.count_nonzero(pk & tk),
+                                    np.count_nonzero(pk & ~tk),
+                                    np.count_nonzero(~pk & tk))
+
+  @property
+  def per_image_counts(self) -> np.ndarray:
+    """(N, 4) int64: TP, FP, FN, TN per image (for a pooled-Dice bootstrap)."""
+    return _cat(self._counts, (0, 4), np.int64)
+
+  @property
+  def per_image_dice(self) -> np.ndarray:
+    return np.array([_dice_from(*c[:3]) for c in self.per_image_counts], float)
+
+  @property
+  def per_image_iou(self) -> np.ndarray:
+    return np.array([_iou_from(*c[:3]) for c in self.per_image_counts], float)
+
+  @property
+  def per_image_hd95(self) -> np.ndarray:
+    return np.asarray(self._hd95, dtype=np.float64)
+
+  def result(self) -> dict:
+    counts = self.per_image_counts
+    n = counts.shape[0]
+    nan = math.nan
+    out = {'num_seg_examples': int(n)}
+    if n:
+      tp, fp, fn, tn = (int(v) for v in counts.sum(axis=0))
+      hd = self.per_image_hd95
+      finite = hd[np.isfinite(hd)]
+      out.update(
+          dice=_dice_from(tp, fp, fn), iou=_iou_from(tp, fp, fn),
+          sensitivity=_ratio(tp, tp + fn), specificity=_ratio(tn, tn + fp),
+          dice_per_image_mean=float(self.per_image_dice.mean()),
+          iou_per_image_mean=float(self.per_image_iou.mean()),
+          hd95=float(finite.mean()) if finite.size else nan,
+          hd95_num_skipped=int(hd.size - finite.size))
+    else:
+      out.update(dice=nan, iou=nan, sensitivity=nan, specificity=nan,
+                 dice_per_image_mean=nan, iou_per_image_mean=nan, hd95=nan,
+                 hd95_num_skipped=0)
+    for k in range(1, self.num_classes):
+      out[f'dice_class_{k}'] = (_dice_from(*self._class_counts[k - 1]) if n
+                                else nan)
+    return out
+
+
+# --------------------------------------------------------------- classification
+def roc_auc(scores, positives) -> float:
+  """Binary ROC AUC by the Mann-Whitney U statistic, ties at half credit.
+
+  Equals P(score of a random positive > score of a random negative) with
+  ties counted 1/2; nan when only one class is present.
+  """
+  scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+  pos = np.asarray(positives).reshape(-1).astype(bool)
+  if scores.shape != pos.shape:
+    raise ValueError(f'{scores.shape[0]} scores for {pos.shape[0]} labels')
+  if not np.all(np.isfinite(scores)):
+    raise ValueError('roc_auc: scores must be finite')
+  n_pos = int(pos.sum())
+  n_neg = pos.size - n_pos
+  if n_pos == 0 or n_neg == 0:
+    return math.nan
+  ranks = stats.rankdata(scores)  # average ranks for ties
+  u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def _cat(parts, shape, dtype) -> np.ndarray:
+  return np.concatenate(parts) if parts else np.zeros(shape, dtype)
+
+
+def _to_str(s) -> str:
+  return s.decode('utf-8') if isinstance(s, (bytes, np.bytes_)) else str(s)
+
+
+class ClassificationAccumulator:
+  """Pools class probabilities and labels over a split.
+
+  labels: exact class, or -1 when only a label *set* is known (skipped for
+  exact-class metrics). covid_positive (optional, per example): 1 COVID,
+  0 not COVID, -1 unknown; where it is -1 or not given, it is derived from an
+  exact label (label 0 = COVID). `auc_covid` uses every example whose
+  COVID-vs-rest answer is known, so set-labelled examples count there.
+  """
+
+  def __init__(self, num_classes: int, class_names: Sequence[str]):
+    if len(class_names) != num_classes:
+      raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
+    self.num_classes = int(num_classes)
+    self.class_names = [str(c) for c in class_names]
+    self._probs, self._labels, self._covid, self._sources = [], [], [], []
+    self._has_sources = False
+
+  def update(self, probs, labels, valid=None, sources=None, covid_positive=None):
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if probs.ndim != 2 or probs.shape != (labels.shape[0], self.num_classes):
+      raise ValueError(f'probs {probs.shape} for {labels.shape[0]} labels and '
+                       f'{self.num_classes} classes')
+    keep = _valid_mask(valid, labels.shape[0])
+    covid = np.where(labels < 0, -1, (labels == 0).astype(np.int64))
+    if covid_positive is not None:
+      given = np.asarray(covid_positive).reshape(-1).astype(np.int64)
+      covid = np.where(given >= 0, given, covid)
+    self._probs.append(probs[keep])
+    self._labels.append(labels[keep])
+    self._covid.append(covid[keep])
+    src = ['unknown'] * labels.shape[0]
+    if sources is not None:
+      self._has_sources = True
+      src = [_to_str(s) for s in np.asarray(sources).reshape(-1)]
+      if len(src) != labels.shape[0]:
+        raise ValueError(f'{len(src)} sources for {labels.shape[0]} labels')
+    self._sources.extend(s for s, k in zip(src, keep) if k)
+
+  @property
+  def probs(self) -> np.ndarray:
+    return _cat(self._probs, (0, self.num_classes), np.float64)
+
+  @property
+  def labels(self) -> np.ndarray:
+    return _cat(self._labels, (0,), np.int64)
+
+  @property
+  def covid_known(self) -> tuple[np.ndarray, np.ndarray]:
+    """(scores = probs[:, 0], positives) over examples whose COVID status is known."""
+    covid = _cat(self._covid, (0,), np.int64)
+    known = covid >= 0
+    return self.probs[known, 0], covid[known] == 1
+
+  def result(self) -> dict:
+    probs, labels = self.probs, self.labels
+    exact = labels >= 0
+    p_ex, y_ex = probs[exact], labels[exact]
+    pred = np.argmax(p_ex, axis=-1) if p_ex.size else np.zeros(0, np.int64)
+    c = self.num_classes
+    cm = np.zeros((c, c), np.int64)
+    np.add.at(cm, (y_ex, pred), 1)
+    scores, positives = self.covid_known
+    out = {
+        'num_cls_examples': int(labels.shape[0]),
+        'num_cls_exact': int(exact.sum()),
+        'num_auc_covid_examples': int(scores.shape[0]),
+        'accuracy': _ratio(int(np.trace(cm)), int(cm.sum())),
+        'confusion_matrix': cm.tolist(),
+        'auc_covid': roc_auc(scores, positives),
+    }
+    aucs = []
+    for k, name in enumerate(self.class_names):
+      tp = int(cm[k, k])
+      fn = int(cm[k].sum()) - tp
+      fp = int(cm[:, k].sum()) - tp
+      tn = int(cm.sum()) - tp - fn - fp
+      out[f'sensitivity_{name}'] = _ratio(tp, tp + fn)
+      out[f'specificity_{name}'] = _ratio(tn, tn + fp)
+      aucs.append(roc_auc(p_ex[:, k], y_ex == k))
+    aucs = [a for a in aucs if not math.isnan(a)]
+    out['auc_macro'] = float(np.mean(aucs)) if aucs else math.nan
+    if self._has_sources:
+      src = np.asarray(self._sources, dtype=object)[exact]
+      correct = pred == y_ex
+      out['accuracy_by_source'] = {
+          s: float(correct[src == s].mean()) for s in sorted(set(src.tolist()))}
+    return out
+
+
+# --------------------------------------------------------------- reconstruction
+class ReconstructionAccumulator:
+  """Per-example MSE and PSNR (data range 1.0, capped at 100 dB), averaged."""
+
+  def __init__(self):
+    self._mse = []
+
+  def update(self, recon, image, valid=None):
+    recon, image = _match_shapes(np.asarray(recon, np.float64),
+                                 np.asarray(image, np.float64))
+    keep = _valid_mask(valid, recon.shape[0])
+    diff = (recon[keep] - image[keep]).reshape(int(keep.sum()), -1)
+    self._mse.append(np.mean(diff ** 2, axis=1) if diff.size else
+                     np.zeros(diff.shape[0]))
+
+  @property
+  def per_example_mse(self) -> np.ndarray:
+    return _cat(self._mse, (0,), np.float64)
+
+  def result(self) -> dict:
+    mse = self.per_example_mse
+    if mse.size == 0:
+      return {'recon_mse': math.nan, 'recon_psnr': math.nan,
+              'num_recon_examples': 0}
+    with np.errstate(divide='ignore'):
+      psnr = np.minimum(10.0 * np.log10(1.0 / mse), PSNR_CAP_DB)
+    return {'recon_mse': float(mse.mean()), 'recon_psnr': float(psnr.mean()),
+            'num_recon_examples': int(mse.size)}
+
+
+# -------------------------------------------------------------------- bootstrap
+def bootstrap_ci(values_fn: Callable[[np.ndarray], float], n: int,
+                 num_resamples: int = 1000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap (1 - alpha) interval of a statistic over n examples.
+
+  Each resample draws n example indices with replacement from a seeded
+  Generator and calls values_fn(indices). Non-finite values (e.g. an AUC of a
+  resample with one class) are dropped; (nan, nan) if none are left.
+  """
+  if n <= 0 or num_resamples <= 0:
+    return math.nan, math.nan
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(num_resamples):
+    v = float(values_fn(rng.integers(0, n, size=n)))
+    if math.isfinite(v):
+      values.append(v)
+  if not values:
+    return math.nan, math.nan
+  low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+  return float(low), float(high)
+
+
+def bootstrap_dice_ci(per_image_dice, **kwargs) -> tuple[float, float]:
+  """CI of the *mean per-image* Dice."""
+  d = np.asarray(per_image_dice, np.float64)
+  return bootstrap_ci(lambda i: d[i].mean(), d.size, **kwargs)
+
+
+def bootstrap_pooled_dice_ci(per_image_counts, **kwargs) -> tuple[float, float]:
+  """CI of the *pooled* Dice: resample images, pool their (TP, FP, FN, TN)."""
+  c = np.asarray(per_image_counts, np.int64)
+
+  def pooled(i):
+    tp, fp, fn = c[i, :3].sum(axis=0)
+    return _dice_from(tp, fp, fn)
+  return bootstrap_ci(pooled, c.shape[0], **kwargs)
+
+
+def bootstrap_auc_ci(scores, positives, **kwargs) -> tuple[float, float]:
+  """CI of the binary ROC AUC; one-class resamples are skipped."""
+  s = np.asarray(scores, np.float64).reshape(-1)
+  y = np.asarray(positives).reshape(-1).astype(bool)
+  return bootstrap_ci(lambda i: roc_auc(s[i], y[i]), s.size, **kwargs)
+
+
+# -------------------------------------------------------------------- summarize
+def _jsonable(v):
+  """Python scalars/lists/dicts only; nan and inf become None."""
+  if isinstance(v, dict):
+    return {str(k): _jsonable(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple, np.ndarray)):
+    return [_jsonable(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+  if isinstance(v, (bool, np.bool_)):
+    return bool(v)
+  if isinstance(v, (int, np.integer)):
+    return int(v)
+  if isinstance(v, (float, np.floating)):
+    return float(v) if math.isfinite(v) else None
+  return v
+
+
+def summarize(seg: SegmentationAccumulator | None = None,
+              cls: ClassificationAccumulator | None = None,
+              rec: ReconstructionAccumulator | None = None,
+              bootstrap: bool = True, num_resamples: int = 1000,
+              seed: int = 0) -> dict:
+  """One flat, strict-JSON dict of every given accumulator's results.
+
+  With bootstrap: `dice_ci95` (pooled Dice, matching `dice`),
+  `dice_per_image_mean_ci95` and `auc_covid_ci95`, each [low, high], present
+  only when computable. nan values become None.
+  """
+  out, counts = {}, []
+  if seg is not None:
+    r = seg.result()
+    out.update(r)
+    counts.append(r['num_seg_examples'])
+    if bootstrap and r['num_seg_examples'] > 0:
+      kw = dict(num_resamples=num_resamples, seed=seed)
+      out['dice_ci95'] = list(bootstrap_pooled_dice_ci(seg.per_image_counts, **kw))
+      out['dice_per_image_mean_ci95'] = list(
+          bootstrap_dice_ci(seg.per_image_dice, **kw))
+  if cls is not None:
+    r = cls.result()
+    out.update(r)
+    counts.append(r['num_cls_examples'])
+    if bootstrap and not math.isnan(r['auc_covid']):
+      ci = bootstrap_auc_ci(*cls.covid_known, num_resamples=num_resamples,
+                            seed=seed)
+      if not math.isnan(ci[0]):
+        out['auc_covid_ci95'] = list(ci)
+  if rec is not None:
+    r = rec.result()
+    out.update(r)
+    counts.append(r['num_recon_examples'])
+  out['num_examples'] = max(counts) if counts else 0
+  return _jsonable(out)

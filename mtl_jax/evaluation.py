@@ -33,7 +33,8 @@ def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dic
       task.update(accumulators[name], predictions, host_batch)
   results = metrics.summarize(
       accumulators.get('seg'), accumulators.get('cls'), accumulators.get('recon'),
-      bootstrap=config.eval.bootstrap_resamples > 0)
+      bootstrap=config.eval.bootstrap_resamples > 0,
+      num_resamples=max(config.eval.bootstrap_resamples, 1))
   results['split'] = split
   return results
 

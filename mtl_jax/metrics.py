@@ -38,11 +38,16 @@ def _foreground(x, label: int | None = None) -> np.ndarray:
   return x if x.dtype == bool else x > 0
 
 
-def binary_counts(pred, target, *, label: int | None = None) -> tuple[int, int, int, int]:
-  """(TP, FP, FN, TN) pixel counts of two masks of the same shape."""
+def _masks(pred, target, label):
   p, t = _foreground(pred, label), _foreground(target, label)
   if p.shape != t.shape:
     raise ValueError(f'pred shape {p.shape} != target shape {t.shape}')
+  return p, t
+
+
+def binary_counts(pred, target, *, label: int | None = None) -> tuple[int, int, int, int]:
+  """(TP, FP, FN, TN) pixel counts of two masks of the same shape."""
+  p, t = _masks(pred, target, label)
   tp = int(np.count_nonzero(p & t))
   fp = int(np.count_nonzero(p & ~t))
   fn = int(np.count_nonzero(~p & t))
@@ -101,9 +106,7 @@ def hd95(pred, target, spacing=None, *, label: int | None = None) -> float:
   the units of `spacing` (pixels when None). Both empty: 0.0; one empty: nan.
   Works for 2D or 3D masks.
   """
-  p, t = _foreground(pred, label), _foreground(target, label)
-  if p.shape != t.shape:
-    raise ValueError(f'pred shape {p.shape} != target shape {t.shape}')
+  p, t = _masks(pred, target, label)
   p_any, t_any = p.any(), t.any()
   if not p_any and not t_any:
     return 0.0
@@ -137,6 +140,10 @@ def _valid_mask(valid, batch: int) -> np.ndarray:
   if valid.shape[0] != batch:
     raise ValueError(f'valid has {valid.shape[0]} entries for a batch of {batch}')
   return valid
+
+
+def _cat(parts, shape, dtype) -> np.ndarray:
+  return np.concatenate(parts) if parts else np.zeros(shape, dtype)
 
 
 class SegmentationAccumulator:
@@ -238,10 +245,6 @@ def roc_auc(scores, positives) -> float:
   ranks = stats.rankdata(scores)  # average ranks for ties
   u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
   return float(u / (n_pos * n_neg))
-
-
-def _cat(parts, shape, dtype) -> np.ndarray:
-  return np.concatenate(parts) if parts else np.zeros(shape, dtype)
 
 
 def _to_str(s) -> str:
@@ -350,9 +353,8 @@ class ReconstructionAccumulator:
     recon, image = _match_shapes(np.asarray(recon, np.float64),
                                  np.asarray(image, np.float64))
     keep = _valid_mask(valid, recon.shape[0])
-    diff = (recon[keep] - image[keep]).reshape(int(keep.sum()), -1)
-    self._mse.append(np.mean(diff ** 2, axis=1) if diff.size else
-                     np.zeros(diff.shape[0]))
+    diff = recon[keep] - image[keep]
+    self._mse.append(np.mean(diff ** 2, axis=tuple(range(1, diff.ndim))))
 
   @property
   def per_example_mse(self) -> np.ndarray:

@@ -60,7 +60,7 @@ class ReconstructionTask:
     del config
 
   def loss(self, outputs, batch):
-    mse = losses.reconstruction_mse(outputs['recon'], batch['image'],
+    mse = losses.reconstruction_mse(outputs['recon'], batch['image'][..., None],
                                     batch['valid'])
     return mse, {'recon_mse': mse}
 

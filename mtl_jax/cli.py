@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args([a for a in argv if not a.startswith('--config.')])
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s',
                       datefmt='%H:%M:%S')
-  for noisy in ('absl', 'orbax', 'jax._src', 'tensorflow_datasets'):
+  for noisy in ('orbax', 'jax._src', 'tensorflow_datasets'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     return _run(args, overrides)

@@ -225,8 +225,6 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     pending.append((step, terms))
     steps_since += 1
     report(step)
-    if progress is not None:
-      progress.update(1)
     last = step == total
     if step % config.train.log_every_steps == 0 or last or step == interrupt_at_step:
       elapsed = time.time() - t_log
@@ -234,6 +232,8 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
           'steps_per_sec': steps_since / elapsed,
           'slices_per_sec': steps_since * config.train.global_batch_size / elapsed,
           'data_wait_fraction': wait_time / elapsed})
+      if progress is not None:  # after the fetch, so the bar shows finished steps
+        progress.update(steps_since)
       wait_time, t_log, steps_since = 0.0, time.time(), 0
     if step % config.train.eval_every_steps == 0 or last:
       _flush_metrics(pending, writer, {})

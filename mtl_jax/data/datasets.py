@@ -2,15 +2,19 @@
 
 Every dataset lives at `DATA_DIR/NAME/CONFIG/VERSION` in array_record format
 and is read through `tfds.builder_from_directory(...).as_data_source()`, so
-neither building nor reading needs TensorFlow. A new dataset is one entry in
-`_BUILDERS`.
+neither building nor reading needs TensorFlow. A new dataset is one package
+`tfds_builders/NAME/` whose `__init__` exports `Builder` (a TFDS builder with
+one BuilderConfig per stored image size, named by that size) and
+`DEFAULT_IMAGE_SIZE`; nothing here changes.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import os
+import pkgutil
 
 import tensorflow_datasets as tfds
 
@@ -21,38 +25,36 @@ class DatasetNotFoundError(FileNotFoundError):
   """A dataset that has not been built in the data directory."""
 
 
-def _synthetic_ct():
-  from tfds_builders.synthetic_ct import SyntheticCt  # pylint: disable=g-import-not-at-top
-  return SyntheticCt
-
-
-# name -> (callable returning the builder class, default image size)
-_BUILDERS = {
-    'synthetic_ct': (_synthetic_ct, 128),
-}
-
-
 def known_datasets() -> tuple:
-  return tuple(sorted(_BUILDERS))
+  import tfds_builders  # pylint: disable=g-import-not-at-top
+  return tuple(sorted(m.name for m in pkgutil.iter_modules(tfds_builders.__path__)
+                      if m.ispkg))
 
 
 def _check_name(name: str):
-  if name not in _BUILDERS:
+  if name not in known_datasets():
     raise ValueError(f'unknown dataset {name!r}; known datasets: '
                      f'{", ".join(known_datasets())}')
+
+
+def _builder_module(name: str):
+  _check_name(name)
+  return importlib.import_module(f'tfds_builders.{name}')
 
 
 def _config_dir(name: str, data_dir: str, image_size: int) -> str:
   return os.path.join(data_dir, name, str(image_size))
 
 
-def builder_dir(name: str, data_dir: str, image_size: int) -> str | None:
-  """The newest built version's directory, or None if not built."""
+def builder_dir(name: str, data_dir: str, image_size: int,
+                version: str | None = None) -> str | None:
+  """The directory of `version` (default: the newest built), or None."""
   config_dir = _config_dir(name, data_dir, image_size)
   if not os.path.isdir(config_dir):
     return None
   versions = [v for v in os.listdir(config_dir)
-              if os.path.exists(os.path.join(config_dir, v, 'dataset_info.json'))]
+              if os.path.exists(os.path.join(config_dir, v, 'dataset_info.json'))
+              and (version is None or v == version)]
   if not versions:
     return None
   newest = max(versions, key=lambda v: tuple(int(p) for p in v.split('.')))
@@ -62,16 +64,17 @@ def builder_dir(name: str, data_dir: str, image_size: int) -> str | None:
 def build_dataset(name: str, data_dir: str, image_size: int | None = None,
                   **kwargs) -> str:
   """Build `name` at `image_size` into `data_dir` unless already built."""
-  _check_name(name)
-  builder_fn, default_size = _BUILDERS[name]
-  image_size = image_size or default_size
-  existing = builder_dir(name, data_dir, image_size)
+  module = _builder_module(name)
+  image_size = image_size or module.DEFAULT_IMAGE_SIZE
+  existing = builder_dir(name, data_dir, image_size, str(module.Builder.VERSION))
   if existing:
     return existing
-  builder = builder_fn()(config=str(image_size), data_dir=data_dir,
-                         file_format='array_record', **kwargs)
+  manual_dir = kwargs.pop('manual_dir', None)
+  builder = module.Builder(config=str(image_size), data_dir=data_dir,
+                           file_format='array_record', **kwargs)
   logging.info('building %s/%d into %s', name, image_size, data_dir)
-  builder.download_and_prepare()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir))
   path = builder_dir(name, data_dir, image_size)
   for split in builder.info.splits:
     source = tfds.builder_from_directory(path).as_data_source(split)

@@ -1,3 +1,5 @@
 """synthetic_ct: the built-in synthetic chest CT dataset."""
 
-from tfds_builders.synthetic_ct.synthetic_ct import SyntheticCt  # noqa: F401
+from tfds_builders.synthetic_ct.synthetic_ct import SyntheticCt as Builder  # noqa: F401
+
+DEFAULT_IMAGE_SIZE = 128

@@ -50,6 +50,17 @@ class Checkpointer:
     self.latest.save(step, args=_save_args(state, meta), force=True)
     self.latest.wait_until_finished()
 
+  def is_better(self, metrics: dict) -> bool:
+    """Whether these metrics would replace the kept best checkpoint."""
+    value = metrics.get(self.best_metric)
+    if value is None:
+      return False
+    best = _best_step(self.best)
+    if best is None:
+      return True
+    kept_value = (self.best.metrics(best) or {}).get(self.best_metric)
+    return kept_value is None or float(value) > float(kept_value)
+
   def save_if_best(self, step: int, state, meta: dict, metrics: dict):
     """Keep this checkpoint if its `best_metric` beats the kept one."""
     value = metrics.get(self.best_metric)

@@ -39,6 +39,32 @@ def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dic
   return results
 
 
+def reference_recon_errors(trainer, state, num_examples: int = 256) -> dict | None:
+  """The distribution of reconstruction error on training slices.
+
+  Stored with the checkpoint: `mtl-jax predict` reports a study's error as a
+  percentile of it, an out-of-distribution score (the reconstruction head
+  only learnt to reproduce images like the training data).
+  """
+  if 'recon' not in trainer.tasks:
+    return None
+  config = trainer.config
+  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
+  acc = metrics.ReconstructionAccumulator()
+  source_name = next(iter(config.data.sources.keys()))
+  for local in pipeline.eval_batches(
+      config, 'train', config.eval.batch_size // jax.process_count(), shard,
+      num_examples, source_name=source_name):
+    predictions = parallel.to_host(
+        trainer.eval_step(state, parallel.global_batch(local, trainer.mesh)))
+    acc.update(predictions['recon'], _host_batch(local)['image'],
+               valid=_host_batch(local)['valid'] > 0)
+  errors = acc.per_example_mse
+  return {'metric': 'per-slice reconstruction MSE', 'source': source_name,
+          'split': 'train', 'num_examples': int(errors.size),
+          'percentiles': [float(v) for v in np.percentile(errors, np.arange(101))]}
+
+
 def _host_batch(local: dict) -> dict:
   """The batch as every host sees it (gathered across processes if several)."""
   if jax.process_count() == 1:

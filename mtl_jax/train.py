@@ -240,7 +240,10 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
       results = trainer.evaluate(state, 'validation', config.eval.max_examples)
       writer.write_scalars(step, {f'validation/{k}': v for k, v in results.items()
                                   if isinstance(v, (int, float))})
-      ckpt.save_if_best(step, state, checkpoint_meta(config, step), results)
+      meta = checkpoint_meta(config, step)
+      if ckpt.is_better(results):
+        meta['ood_reference'] = evaluation.reference_recon_errors(trainer, state)
+      ckpt.save_if_best(step, state, meta, results)
     if step % config.train.checkpoint_every_steps == 0 or last:
       _flush_metrics(pending, writer, {})
       ckpt.save_latest(step, state, checkpoint_meta(config, step))

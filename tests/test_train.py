@@ -62,6 +62,9 @@ def test_save_restore_gives_identical_evaluation(tiny_config, tmp_path):
   meta, _ = checkpointing.read_meta(workdir)
   assert meta['preprocessing']['window_hu'] == list(tiny_config.data.window_hu)
   assert meta['config']['model']['widths'] == list(tiny_config.model.widths)
+  reference = meta['ood_reference']
+  assert len(reference['percentiles']) == 101
+  assert reference['percentiles'] == sorted(reference['percentiles'])
 
 
 def test_kill_and_resume_continues_the_same_trajectory(tiny_config, tmp_path):

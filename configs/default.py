@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.data_dir = os.environ.get('MTL_DATA_DIR', 'data')
   # Datasets mixed for training, with sampling weights.
   config.data.sources = ml_collections.ConfigDict({'synthetic_ct': 1.0})
-  config.data.eval_source = 'synthetic_ct'
+  # Datasets evaluated (each reported alone under `by_source`, and pooled).
+  config.data.eval_sources = ('synthetic_ct',)
   config.data.image_size = 256
   # Preprocessing recorded in every checkpoint and replayed by predict.
   config.data.window_hu = (-1000.0, 400.0)

@@ -19,22 +19,47 @@ from mtl_jax import checkpointing, config_loader, metrics, parallel
 from mtl_jax.data import pipeline
 
 
-def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dict:
+def _run(trainer, state, split, source_name, max_examples, accumulator_sets):
+  """Feed one source's split through the model into every accumulator set."""
   config = trainer.config
-  max_examples = config.eval.max_examples if max_examples is None else max_examples
   shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
   local_batch = config.eval.batch_size // jax.process_count()
-  accumulators = {name: task.accumulator() for name, task in trainer.tasks.items()}
-  for local in pipeline.eval_batches(config, split, local_batch, shard, max_examples):
-    predictions = trainer.eval_step(state, parallel.global_batch(local, trainer.mesh))
-    predictions = parallel.to_host(predictions)
+  for local in pipeline.eval_batches(config, split, local_batch, source_name,
+                                     shard, max_examples):
+    predictions = parallel.to_host(
+        trainer.eval_step(state, parallel.global_batch(local, trainer.mesh)))
     host_batch = _host_batch(local)
-    for name, task in trainer.tasks.items():
-      task.update(accumulators[name], predictions, host_batch)
-  results = metrics.summarize(
+    for accumulators in accumulator_sets:
+      for name, accumulator in accumulators.items():
+        trainer.tasks[name].update(accumulator, predictions, host_batch)
+
+
+def _summarize(trainer, accumulators) -> dict:
+  config = trainer.config
+  return metrics.summarize(
       accumulators.get('seg'), accumulators.get('cls'), accumulators.get('recon'),
       bootstrap=config.eval.bootstrap_resamples > 0,
       num_resamples=max(config.eval.bootstrap_resamples, 1))
+
+
+def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dict:
+  """Metrics pooled over every eval source, and each source's own under `by_source`.
+
+  Sources without masks add nothing to Dice, sources without labels nothing
+  to accuracy, so the pooled figures use exactly the examples that can be scored.
+  """
+  config = trainer.config
+  max_examples = config.eval.max_examples if max_examples is None else max_examples
+  new = lambda: {name: task.accumulator() for name, task in trainer.tasks.items()}
+  pooled, by_source = new(), {}
+  for source_name in config.data.eval_sources:
+    by_source[source_name] = new()
+    _run(trainer, state, split, source_name, max_examples,
+         (pooled, by_source[source_name]))
+  results = _summarize(trainer, pooled)
+  if len(by_source) > 1:
+    results['by_source'] = {name: _summarize(trainer, accs)
+                            for name, accs in by_source.items()}
   results['split'] = split
   return results
 
@@ -48,18 +73,10 @@ def reference_recon_errors(trainer, state, num_examples: int = 256) -> dict | No
   """
   if 'recon' not in trainer.tasks:
     return None
-  config = trainer.config
-  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
-  acc = metrics.ReconstructionAccumulator()
-  source_name = next(iter(config.data.sources.keys()))
-  for local in pipeline.eval_batches(
-      config, 'train', config.eval.batch_size // jax.process_count(), shard,
-      num_examples, source_name=source_name):
-    predictions = parallel.to_host(
-        trainer.eval_step(state, parallel.global_batch(local, trainer.mesh)))
-    acc.update(predictions['recon'], _host_batch(local)['image'],
-               valid=_host_batch(local)['valid'] > 0)
-  errors = acc.per_example_mse
+  source_name = next(iter(trainer.config.data.sources.keys()))
+  accumulators = {'recon': trainer.tasks['recon'].accumulator()}
+  _run(trainer, state, 'train', source_name, num_examples, (accumulators,))
+  errors = accumulators['recon'].per_example_mse
   return {'metric': 'per-slice reconstruction MSE', 'source': source_name,
           'split': 'train', 'num_examples': int(errors.size),
           'percentiles': [float(v) for v in np.percentile(errors, np.arange(101))]}

@@ -29,7 +29,7 @@ def _config(sources, batch=8, augment_on=False):
   config = ml_collections.ConfigDict({
       'seed': 0,
       'data': {'sources': sources, 'data_dir': '/unused', 'image_size': 16,
-               'eval_source': 'a', 'augment': augment_on, 'flip_prob': 0.5,
+               'eval_sources': ('a',), 'augment': augment_on, 'flip_prob': 0.5,
                'rotate_deg': 10.0, 'scale_range': (0.9, 1.1), 'intensity_shift': 0.05,
                'contrast_range': (0.9, 1.1), 'elastic_prob': 0.0,
                'num_workers': 0, 'prefetch': 2},
@@ -82,7 +82,8 @@ def test_bad_weights_and_indivisible_process_batch(fake_sources):
 
 def test_eval_batches_pad_with_invalid_examples(fake_sources):
   config = _config({'a': 1.0})
-  batches = list(pipeline.eval_batches(config, 'validation', batch_size=16))
+  batches = list(pipeline.eval_batches(config, 'validation', batch_size=16,
+                                       source_name='a'))
   assert len(batches) == 3  # 37 examples
   valid = np.concatenate([b['valid'] for b in batches])
   assert valid.sum() == 37 and valid.shape == (48,)

@@ -80,15 +80,15 @@ def iterate(dataset: grain.MapDataset, start_step: int, config) -> Iterator[dict
   return iter(it_ds)
 
 
-def eval_batches(config, split: str, batch_size: int,
+def eval_batches(config, split: str, batch_size: int, source_name: str,
                  shard: ProcessShard = ProcessShard(),
-                 max_examples: int = -1, source_name: str | None = None) -> Iterator[dict]:
+                 max_examples: int = -1) -> Iterator[dict]:
   """Fixed-size batches of an evaluation split, padded with `valid` = 0.
 
   Every process yields the same number of batches (padding where its shard
   is shorter), so a sharded evaluation never waits on a missing batch.
   """
-  source = datasets.load_split(source_name or config.data.eval_source, split,
+  source = datasets.load_split(source_name, split,
                                config.data.data_dir, config.data.image_size)
   total = len(source) if max_examples < 0 else min(len(source), max_examples)
   indices = np.arange(total)[shard.index::shard.count]

@@ -1,4 +1,9 @@
-"""TFDS builder for synthetic chest CT (see mtl_jax/data/synthetic.py)."""
+"""TFDS builder for synthetic chest CT (see mtl_jax/data/synthetic.py).
+
+Nothing is downloaded: every split is generated from a seed. Build without
+TensorFlow through `mtl-jax build-data synthetic_ct --data_dir DIR` (or
+`mtl_jax.data.datasets.build_dataset`), which writes array_record files.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +13,70 @@ import tensorflow_datasets as tfds
 
 from mtl_jax.data import features, synthetic
 
+DEFAULT_SPLIT_SIZES = {'train': 2000, 'validation': 300, 'test': 300}
+
 
 @dataclasses.dataclass
 class SyntheticCtConfig(tfds.core.BuilderConfig):
+  """One stored image size; split sizes and the seed are part of the config."""
   image_size: int = 128
+  num_train: int = DEFAULT_SPLIT_SIZES['train']
+  num_validation: int = DEFAULT_SPLIT_SIZES['validation']
+  num_test: int = DEFAULT_SPLIT_SIZES['test']
+  seed: int = 0
 
 
 class SyntheticCt(tfds.core.GeneratorBasedBuilder):
   """Deterministic synthetic HU slices with COVID lesion masks and class labels."""
 
-  VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': 'Segmentation cohort includes lesion-free slices.'}
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
-      SyntheticCtConfig(name=str(s), image_size=s,
-                        description=f'{s}x{s} slices, lung window -1000..400 HU')
+      SyntheticCtConfig(
+          name=str(s), image_size=s,
+          description=(f'{s}x{s} axial slices, lung window -1000..400 HU scaled '
+                       'to [0, 1]; train mixes a segmentation cohort and a '
+                       'classification cohort with partial labels, '
+                       'validation/test are fully labelled.'))
       for s in (64, 128, 256)
   ]
-  DEFAULT_SPLIT_SIZES = {'train': 2000, 'validation': 300, 'test': 300}
 
   def __init__(self, *, num_train: int | None = None, num_validation: int | None = None,
-               num_test: int | None = None, seed: int = 0, **kwargs):
-    sizes = dict(self.DEFAULT_SPLIT_SIZES)
-    for split, n in (('train', num_train), ('validation', num_validation),
-                     ('test', num_test)):
-      if n is not None:
-        sizes[split] = int(n)
-    self._split_sizes, self._seed = sizes, seed
+               num_test: int | None = None, seed: int | None = None, **kwargs):
+    """Keyword overrides of the config's split sizes / seed (None: keep)."""
+    self._overrides = {k: int(v) for k, v in (
+        ('num_train', num_train), ('num_validation', num_validation),
+        ('num_test', num_test), ('seed', seed)) if v is not None}
+    for key, value in self._overrides.items():
+      if key != 'seed' and value < 1:
+        raise ValueError(f'{key} must be at least 1, got {value}')
     super().__init__(**kwargs)
+
+  def _setting(self, key: str) -> int:
+    return self._overrides.get(key, getattr(self.builder_config, key))
+
+  @property
+  def split_sizes(self) -> dict:
+    return {split: self._setting(f'num_{split}') for split in DEFAULT_SPLIT_SIZES}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=synthetic.__doc__,
         features=features.features_dict(self.builder_config.image_size),
-        homepage='https://github.com/mtl-jax/mtl-jax',
-        metadata=tfds.core.MetadataDict(seed=self._seed,
-                                        split_sizes=self._split_sizes),
+        homepage='https://doi.org/10.1016/j.compbiomed.2020.104037',
+        citation='Amyar et al., Multi-task deep learning based CT imaging analysis '
+                 'for COVID-19 pneumonia: classification and segmentation. '
+                 'Comput Biol Med 126:104037 (2020).',
+        metadata=tfds.core.MetadataDict(seed=self._setting('seed'),
+                                        split_sizes=self.split_sizes),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download: generated from the seed
     return {split: self._generate_examples(split, n)
-            for split, n in self._split_sizes.items()}
+            for split, n in self.split_sizes.items()}
 
   def _generate_examples(self, split, num_examples):
-    yield from synthetic.generate_split(self._seed, num_examples,
+    yield from synthetic.generate_split(self._setting('seed'), num_examples,
                                         self.builder_config.image_size, split)

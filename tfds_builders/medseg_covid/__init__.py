@@ -1,0 +1,5 @@
+"""medseg_covid: MedSeg / SIRM COVID-19 CT segmentation (GGO, consolidation)."""
+
+from tfds_builders.medseg_covid.medseg_covid import MedsegCovid as Builder  # noqa: F401
+
+DEFAULT_IMAGE_SIZE = 256

@@ -38,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.image_size = 256
   # Preprocessing recorded in every checkpoint and replayed by predict.
   config.data.window_hu = (-1000.0, 400.0)
+  # 'hu' (CT in Hounsfield units, windowed) or '8bit' (renderings scaled to [0, 1]).
+  config.data.input_kind = 'hu'
   # Training augmentation (mtl_jax/data/augment.py), same for image and mask.
   config.data.augment = True
   config.data.flip_prob = 0.5

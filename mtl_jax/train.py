@@ -227,14 +227,18 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     report(step)
     last = step == total
     if step % config.train.log_every_steps == 0 or last or step == interrupt_at_step:
+      jax.block_until_ready(terms)  # time finished steps, not dispatched ones
       elapsed = time.time() - t_log
       _flush_metrics(pending, writer, {
           'steps_per_sec': steps_since / elapsed,
           'slices_per_sec': steps_since * config.train.global_batch_size / elapsed,
+          # Host time blocked on the input pipeline: an upper bound on the
+          # device's idle time, since dispatched steps may still be running.
           'data_wait_fraction': wait_time / elapsed})
       if progress is not None:  # after the fetch, so the bar shows finished steps
         progress.update(steps_since)
       wait_time, t_log, steps_since = 0.0, time.time(), 0
+    t_pause = time.time()  # evaluation and saving do not count as step time
     if step % config.train.eval_every_steps == 0 or last:
       _flush_metrics(pending, writer, {})
       results = trainer.evaluate(state, 'validation', config.eval.max_examples)
@@ -247,6 +251,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     if step % config.train.checkpoint_every_steps == 0 or last:
       _flush_metrics(pending, writer, {})
       ckpt.save_latest(step, state, checkpoint_meta(config, step))
+    t_log += time.time() - t_pause
     if step == interrupt_at_step:
       break
   if progress is not None:

@@ -130,3 +130,13 @@ def test_missing_and_malformed_config_files(tmp_path):
   bad.write_text('def get_config(:\n')
   with pytest.raises(config_loader.ConfigError, match='malformed'):
     config_loader.load_config(str(bad))
+
+
+@pytest.mark.parametrize('preset', ['cpu', 'gpu', 'cpu,tiny'])
+def test_real_data_presets_load(preset):
+  config = config_loader.load_config(f'{REPO}/configs/real.py:{preset}')
+  assert set(config.data.sources) == set(config.data.eval_sources)
+  assert config.data.input_kind == '8bit'
+  assert abs(sum(config.data.sources.values()) - 1.0) < 1e-6
+  with pytest.raises(config_loader.ConfigError, match='valid presets: cpu, gpu'):
+    config_loader.load_config(f'{REPO}/configs/real.py:tpu')

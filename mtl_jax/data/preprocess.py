@@ -19,6 +19,7 @@ def settings_from_config(config) -> dict:
   """The preprocessing a model was trained with, as JSON for its checkpoint."""
   return {
       'image_size': int(config.data.image_size),
+      'input_kind': str(config.data.input_kind),
       'window_hu': [float(v) for v in config.data.window_hu],
       'input_range': [0.0, 1.0],
       'sources': {name: float(w) for name, w in config.data.sources.items()},

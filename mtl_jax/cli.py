@@ -33,12 +33,14 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument('--config', default='configs/default.py',
                      help='config file, optionally with :PRESET (default: %(default)s)')
   train.add_argument('--workdir', required=True)
+  _add_distributed_flags(train)
 
   evaluate = sub.add_parser('evaluate', help='evaluate a checkpoint on a split')
   evaluate.add_argument('--workdir', required=True)
   evaluate.add_argument('--split', default='validation',
                         choices=('train', 'validation', 'test'))
   evaluate.add_argument('--checkpoint', default='best', choices=('best', 'latest'))
+  _add_distributed_flags(evaluate)
 
   demo = sub.add_parser('demo', help='build synthetic CT, train, evaluate, report')
   demo.add_argument('--workdir', default='runs/demo')
@@ -54,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument('--skip_bad', action='store_true',
                      help='leave out bad files (recorded in the metadata)')
   return parser
+
+
+def _add_distributed_flags(parser):
+  group = parser.add_argument_group(
+      'multi-host', 'auto-detected on Cloud TPU and SLURM; give all three elsewhere')
+  group.add_argument('--coordinator_address', default=None, help='HOST:PORT of process 0')
+  group.add_argument('--num_processes', type=int, default=None)
+  group.add_argument('--process_id', type=int, default=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +92,9 @@ def _run(args, overrides) -> int:
   from mtl_jax import config_loader, demo, evaluation, train  # pylint: disable=g-import-not-at-top
   from mtl_jax.data import datasets  # pylint: disable=g-import-not-at-top
 
+  if args.command in ('train', 'evaluate'):
+    from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   if args.command == 'train':
     config = config_loader.load_config(args.config, overrides)
     train.train_and_evaluate(config, args.workdir)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 
 import jax
 
@@ -45,19 +47,32 @@ def initialize(coordinator_address: str | None = None,
                    or process_id is None):
     raise ValueError('multi-process runs need --coordinator_address, '
                      '--num_processes and --process_id together')
+  what = (f'could not join the multi-process run (coordinator '
+          f'{coordinator_address or "auto-detected"}, process {process_id} of '
+          f'{num_processes}) within {timeout_s}s')
+  # JAX aborts the process from C++ when peers never arrive; this watchdog
+  # exits first with a message that says what happened.
+  watchdog = threading.Timer(max(1.0, timeout_s - 1.0), _give_up,
+                             (f'{what}: a process is missing or unreachable',))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
                                initialization_timeout=timeout_s)
   except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(f'could not join the multi-process run (coordinator '
-                       f'{coordinator_address or "auto-detected"}, process '
-                       f'{process_id} of {num_processes}) within {timeout_s}s: '
-                       f'{str(e).splitlines()[0]}') from e
+    raise RuntimeError(f'{what}: {str(e).splitlines()[0]}') from e
+  finally:
+    watchdog.cancel()
   _initialized = True
   logging.info('distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+def _give_up(message: str):
+  print(f'mtl-jax: error: {message}', file=sys.stderr, flush=True)
+  os._exit(2)  # pylint: disable=protected-access
 
 
 def _int_env(name: str):

@@ -1,0 +1,76 @@
+"""Multi-host on one machine: processes on 127.0.0.1, each with simulated CPU devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(action, tmp_path, workdir, data_dir, nproc, devices, only=None, timeout=240,
+            env=None):
+  port = _free_port()
+  procs, outs = [], []
+  for pid in range(nproc) if only is None else only:
+    out = tmp_path / f'{action}_{nproc}x{devices}_{pid}.json'
+    outs.append(out)
+    procs.append(subprocess.Popen(
+        [sys.executable, WORKER, action, str(out), str(workdir), data_dir, str(port),
+         str(nproc), str(pid), str(devices)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})}))
+  logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  return [p.returncode for p in procs], logs, [
+      json.loads(o.read_text()) if o.exists() else None for o in outs]
+
+
+@pytest.fixture(scope='module')
+def two_by_four(tmp_path_factory, synthetic_data_dir):
+  tmp = tmp_path_factory.mktemp('mh')
+  codes, logs, results = _launch('train', tmp, tmp / 'w2', synthetic_data_dir, 2, 4)
+  assert codes == [0, 0], '\n'.join(log[-2000:] for log in logs)
+  return tmp, results
+
+
+def test_two_processes_agree_and_match_one_process(two_by_four, synthetic_data_dir):
+  tmp, results = two_by_four
+  assert [r['process_count'] for r in results] == [2, 2]
+  assert [r['device_count'] for r in results] == [8, 8]
+  assert results[0]['losses'] == results[1]['losses']
+  codes, logs, (single,) = _launch('train', tmp, tmp / 'w1', synthetic_data_dir, 1, 8)
+  assert codes == [0], logs[0][-2000:]
+  assert single['losses'] == pytest.approx(results[0]['losses'], rel=1e-5)
+  assert single['checksum'] == pytest.approx(results[0]['checksum'], rel=1e-5)
+
+
+def test_save_on_two_restore_on_one_and_back(two_by_four, synthetic_data_dir):
+  tmp, results = two_by_four
+  codes, logs, (restored,) = _launch('restore', tmp, tmp / 'w2', synthetic_data_dir, 1, 8)
+  assert codes == [0], logs[0][-2000:]
+  assert restored['step'] == 2
+  assert restored['checksum'] == pytest.approx(results[0]['checksum'], rel=1e-6)
+  # ... and a 1-process checkpoint restored by 2 processes.
+  codes, logs, _ = _launch('train', tmp, tmp / 'w1b', synthetic_data_dir, 1, 8)
+  assert codes == [0], logs[0][-2000:]
+  codes, logs, back = _launch('restore', tmp, tmp / 'w1b', synthetic_data_dir, 2, 4)
+  assert codes == [0, 0], '\n'.join(log[-2000:] for log in logs)
+  assert back[0]['checksum'] == pytest.approx(back[1]['checksum'], rel=1e-9)
+
+
+def test_a_missing_process_fails_with_a_timeout_message(tmp_path, synthetic_data_dir):
+  # Only process 0 of 2 starts: it must give up with a clear message, not hang.
+  codes, logs, _ = _launch('train', tmp_path, tmp_path / 'w', synthetic_data_dir, 2, 4,
+                           only=[0], timeout=120, env={'MTL_TEST_JOIN_TIMEOUT': '10'})
+  assert codes[0] == 2
+  assert 'could not join the multi-process run' in logs[0]
+  assert 'within 10s: a process is missing or unreachable' in logs[0]

@@ -152,3 +152,16 @@ def test_missing_dataset_error_type(tmp_path, tiny_config):
   tiny_config.data.data_dir = str(tmp_path)
   with pytest.raises(datasets.DatasetNotFoundError):
     pipeline.train_dataset(tiny_config)
+
+
+def test_bf16_compute_keeps_f32_params_and_close_loss(tiny_config):
+  batch = _first_batch(tiny_config)
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    tiny_config.model.compute_dtype = dtype
+    trainer = train.Trainer(tiny_config)
+    state = trainer.init(jax.random.key(0))
+    state, terms = trainer.train_step(state, parallel.global_batch(batch, trainer.mesh))
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(state['params']))
+    losses[dtype] = float(terms['loss'])
+  assert losses['bfloat16'] == pytest.approx(losses['float32'], rel=0.03)

@@ -55,6 +55,21 @@ def _parser() -> argparse.ArgumentParser:
                      help='folder holding the source files, for real datasets')
   build.add_argument('--skip_bad', action='store_true',
                      help='leave out bad files (recorded in the metadata)')
+
+  predict = sub.add_parser(
+      'predict', help='segment, classify and grade a CT study (or a batch)',
+      description='Input: NIfTI, DICOM series folder/.dcm, PNG/JPG, or a folder/CSV '
+      '(input[,mask]) of them. Writes lesion_mask, report.json and overview.png.')
+  predict.add_argument('--checkpoint', required=True, help='training WORKDIR')
+  predict.add_argument('--input', required=True)
+  predict.add_argument('--output', required=True, help='output folder (replaced '
+                       'atomically; untouched on error)')
+  predict.add_argument('--batch_size', type=int, default=None,
+                       help='slices per batch (default: the eval batch size)')
+  predict.add_argument('--tta', action='store_true', help='average with a left-right flip')
+  predict.add_argument('--series', default=None, help='DICOM SeriesInstanceUID to use')
+  predict.add_argument('--save_probability', action='store_true',
+                       help='also write lesion_probability (0..255)')
   return parser
 
 
@@ -109,6 +124,10 @@ def _run(args, overrides) -> int:
                                             ('skip_bad', args.skip_bad)) if value}
     path = datasets.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
     print(path)
+  elif args.command == 'predict':
+    from mtl_jax import predict  # pylint: disable=g-import-not-at-top
+    predict.run(args.checkpoint, args.input, args.output, args.batch_size, args.tta,
+                args.series, args.save_probability)
   return 0
 
 

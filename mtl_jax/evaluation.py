@@ -65,20 +65,25 @@ def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dic
 
 
 def reference_recon_errors(trainer, state, num_examples: int = 256) -> dict | None:
-  """The distribution of reconstruction error on training slices.
+  """The distribution of reconstruction error on in-distribution, held-out slices.
 
   Stored with the checkpoint: `mtl-jax predict` reports a study's error as a
   percentile of it, an out-of-distribution score (the reconstruction head
-  only learnt to reproduce images like the training data).
+  only learnt to reproduce images like its training data). Validation slices
+  of the eval sources, not training slices: a trained model reconstructs the
+  slices it has seen better than any new scan, so a training-slice reference
+  flags ordinary new CT as outliers.
   """
   if 'recon' not in trainer.tasks:
     return None
-  source_name = next(iter(trainer.config.data.sources.keys()))
+  sources = tuple(trainer.config.data.eval_sources)
   accumulators = {'recon': trainer.tasks['recon'].accumulator()}
-  _run(trainer, state, 'train', source_name, num_examples, (accumulators,))
+  for source_name in sources:
+    _run(trainer, state, 'validation', source_name,
+         max(1, num_examples // len(sources)), (accumulators,))
   errors = accumulators['recon'].per_example_mse
-  return {'metric': 'per-slice reconstruction MSE', 'source': source_name,
-          'split': 'train', 'num_examples': int(errors.size),
+  return {'metric': 'per-slice reconstruction MSE', 'sources': list(sources),
+          'split': 'validation', 'num_examples': int(errors.size),
           'percentiles': [float(v) for v in np.percentile(errors, np.arange(101))]}
 
 

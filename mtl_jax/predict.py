@@ -1,0 +1,416 @@
+"""`mtl-jax predict`: a trained checkpoint applied to a CT study, for radiologists.
+
+    mtl-jax predict --checkpoint WORKDIR --input PATH --output OUTDIR
+        [--batch_size N] [--tta] [--series UID] [--save_probability]
+
+PATH is a NIfTI volume, a DICOM series (folder or .dcm), a PNG/JPG slice, or
+a folder / CSV (`input[,mask]`) of many (batch mode: OUTDIR/<name>/ each, and
+OUTDIR/batch_summary.json). See `volume_io` for inputs, `report` for the
+report.json schema, `lungs` for the lung mask.
+
+Processing replays the checkpoint's recorded preprocessing: each axial slice
+(display orientation, as the dataset builders write slices) is windowed
+(`window_hu`) or scaled (8-bit), square-padded, resized bilinearly to
+`image_size` and clipped to [0, 1]. A model trained on 8-bit renderings
+(`input_kind: 8bit`) given HU input sees the slice rendered through the lung
+window and quantised to 8 bits, as its training data was; the report says
+so. Slices stream through one jitted apply, in batches sharded over every
+device (the last batch padded); with --tta each batch also runs left-right
+flipped and seg/class probabilities are averaged. Host memory holds the
+volume, the uint8 label (and probability) volumes and one batch of model-size
+slices. Probabilities are resized back to each slice's size bilinearly,
+then thresholded at 0.5 (binary) or argmax'ed (GGO/consolidation), and
+written in the INPUT's geometry.
+
+Study-level classification (AGGREGATION): the class-probability vectors of
+the k eligible slices with the highest P(covid19) are averaged, k =
+ceil(10% of eligible slices), at least 1; the predicted class is the argmax
+of that mean. Eligible slices contain lung (>= 0.5% of the slice inside the
+HU lung mask); for 8-bit inputs, or when no slice has lung, every slice is
+eligible. Reason: COVID-19 lesions occupy a minority of slices, so a plain
+mean over the volume dilutes them, while a single max is noisy; a top-10%
+mean is a standard multiple-instance pooling. The same eligible slices give
+the OOD score: their mean reconstruction MSE as a percentile of the training
+distribution stored in the checkpoint (flagged above the 99th percentile).
+
+Every output goes to a temporary folder beside OUTDIR and is renamed into
+place at the end: an error leaves OUTDIR exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtl_jax import checkpointing, config_loader, lungs, parallel, report, volume_io
+from mtl_jax.data import preprocess
+from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
+
+AGG_FRACTION = 0.10
+LUNG_SLICE_FRACTION = 0.005
+LESION_THRESHOLD = 0.5
+AGGREGATION = ('mean of the class-probability vectors of the k eligible slices with '
+               'the highest P(covid19), k = ceil(0.10 x eligible slices) (at least '
+               '1); eligible = slices with >= 0.5% of their area in the lung mask '
+               '(every slice for 8-bit input or when none has lung); predicted '
+               'class = argmax')
+
+
+class NoModelError(FileNotFoundError):
+  """The checkpoint folder holds no usable model."""
+
+
+def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
+  if not os.path.isdir(workdir):
+    raise NoModelError(f'{workdir}: checkpoint folder not found')
+  try:
+    meta, path = checkpointing.read_meta(workdir, which)
+  except checkpointing.CheckpointError as e:
+    raise NoModelError(str(e)) from None
+  if 'config' not in meta or 'preprocessing' not in meta:
+    raise NoModelError(f'{path}: checkpoint has no config/preprocessing record '
+                       '(written by an older mtl-jax?); retrain or re-save it')
+  return meta, path
+
+
+def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
+                     fraction: float = AGG_FRACTION):
+  """(study probabilities, indices used) by the top-k-COVID mean (see module doc)."""
+  idx = np.flatnonzero(eligible)
+  if idx.size == 0:
+    idx = np.arange(len(probs))
+  k = max(1, math.ceil(fraction * idx.size))
+  top = idx[np.argsort(-probs[idx, 0], kind='stable')[:k]]
+  return probs[top].mean(axis=0), np.sort(top)
+
+
+def _make_step(model, tasks, tta: bool, multi: bool):
+  """The eval apply (model.apply + each task's predict, as train.make_eval_step),
+  plus per-class seg probabilities, per-slice recon MSE and flip TTA."""
+  def once(variables, images):
+    outputs = model.apply(variables, images[..., None], train=False)
+    pred = {}
+    for task in tasks.values():
+      pred.update(task.predict(outputs))
+    if multi:
+      pred['class_probs'] = jax.nn.softmax(outputs['seg_logits'].astype(jnp.float32))
+    return pred
+
+  def step(variables, images):
+    p = once(variables, images)
+    out = {}
+    if 'recon' in p:
+      out['recon_mse'] = jnp.mean((p['recon'][..., 0] - images) ** 2, axis=(1, 2))
+    seg = p.get('class_probs' if multi else 'seg_prob')
+    cls = p.get('cls_probs')
+    if tta:
+      q = once(variables, images[:, :, ::-1])
+      if seg is not None:
+        seg = (seg + q['class_probs' if multi else 'seg_prob'][:, :, ::-1]) / 2
+      if cls is not None:
+        cls = (cls + q['cls_probs']) / 2
+    if seg is not None:
+      out['seg'] = seg
+    if cls is not None:
+      out['cls_probs'] = cls
+    return out
+  return step
+
+
+class Predictor:
+  """A restored checkpoint and its jitted, sharded apply; `predict_study` per input."""
+
+  def __init__(self, workdir, batch_size: int | None = None, tta: bool = False,
+               which: str = 'best'):
+    from mtl_jax import train  # pylint: disable=g-import-not-at-top
+    self.meta, self.path = load_meta(workdir, which)
+    self.workdir, self.tta = os.path.abspath(workdir), bool(tta)
+    self.which = ('best' if os.path.basename(os.path.dirname(self.path)) ==
+                  checkpointing.BEST_DIR else 'latest')
+    config = config_loader.from_dict(self.meta['config'])
+    requested = int(batch_size or config.eval.batch_size)
+    if requested < 1:
+      raise ValueError(f'--batch_size must be positive, got {requested}')
+    n = jax.device_count()  # pad up to a multiple of the devices
+    self.batch_size = -(-requested // n) * n
+    config.train.global_batch_size = config.eval.batch_size = self.batch_size
+    self.trainer = train.Trainer(config)
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True,
+                                      best_metric=config.train.best_metric)
+    try:
+      state, _ = ckpt.restore(self.trainer.restore_target(), which=self.which)
+    finally:
+      ckpt.close()
+    self.step = int(state['step'])
+    self.variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    del state  # the optimizer state is not needed
+    prep = self.meta['preprocessing']
+    self.image_size = int(prep['image_size'])
+    self.window = tuple(float(v) for v in prep['window_hu'])
+    self.model_kind = prep.get('input_kind', 'hu')
+    self.render_window = tuple(float(v) for v in prep.get('render_window_hu',
+                                                          self.window))
+    self.class_names = list(CLASS_NAMES[:config.model.num_classes])
+    self.multi = 'seg' in self.trainer.tasks and config.model.num_seg_classes > 1
+    mesh = self.trainer.mesh
+    self._apply = jax.jit(
+        _make_step(self.trainer.model, self.trainer.tasks, self.tta, self.multi),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+        out_shardings=parallel.batch_sharded(mesh))
+
+  def predict_batch(self, images: np.ndarray) -> dict:
+    """(B, S, S) model inputs -> numpy {'seg', 'cls_probs', 'recon_mse'} (tests patch this)."""
+    batch = parallel.global_batch({'image': images}, self.trainer.mesh)['image']
+    return parallel.to_host(self._apply(self.variables, batch))
+
+  def _renderer(self, intensity: str):
+    """(slice -> [0, 1] image, description, warning or None)."""
+    if intensity == 'hu' and self.model_kind == 'hu':
+      return (lambda s: preprocess.window_hu(s, *self.window),
+              f'HU clipped to the window {list(self.window)} and scaled to [0, 1]', None)
+    if intensity == 'hu':
+      w = self.render_window
+      return (lambda s: np.round(preprocess.window_hu(s, *w) * 255.0) / 255.0,
+              f'HU rendered as an 8-bit image with the lung window {list(w)} HU '
+              '(the model was trained on 8-bit renderings), then scaled to [0, 1]',
+              None)
+    warning = None
+    if self.model_kind == 'hu':
+      warning = ('8-bit input to a model trained on HU (lung window): the '
+                 "rendering's own window is unknown, results are less reliable")
+    return preprocess.scale_8bit, '8-bit values / 255', warning
+
+  def _model_input(self, image01: np.ndarray) -> np.ndarray:
+    padded = preprocess.square_pad(image01)
+    return np.clip(preprocess.resize_image(padded, self.image_size), 0.0, 1.0)
+
+  def _back(self, seg: np.ndarray, h: int, w: int):
+    """Model-space probabilities -> (lesion probability, labels) at (h, w)."""
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    chans = seg[..., None] if seg.ndim == 2 else seg
+    up = np.stack([preprocess.resize_image(chans[..., c], side)[top:top + h,
+                                                                left:left + w]
+                   for c in range(chans.shape[-1])], axis=-1)
+    if seg.ndim == 2:
+      prob = up[..., 0]
+      return prob, (prob > LESION_THRESHOLD).astype(np.uint8)
+    return 1.0 - up[..., 0], np.argmax(up, axis=-1).astype(np.uint8)
+
+  def predict_study(self, study: volume_io.Study, dest, save_probability=False,
+                    reference_mask=None) -> dict:
+    """Run the model over every slice, write outputs into `dest`, return the report."""
+    dest = pathlib.Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    render, rendering, render_warning = self._renderer(study.intensity)
+    shape, num, size = study.volume.shape, study.num_slices, self.image_size
+    has_seg = 'seg' in self.trainer.tasks
+    labels = np.zeros(shape, np.uint8) if has_seg else None
+    prob = np.zeros(shape, np.uint8) if has_seg and save_probability else None
+    cls = np.full((num, len(self.class_names)), np.nan, np.float32)
+    recon = np.full(num, np.nan, np.float64)
+    h, w = shape[1], shape[0]  # display rows (Y), columns (X)
+    for start in range(0, num, self.batch_size):
+      ks = range(start, min(start + self.batch_size, num))
+      images = np.zeros((self.batch_size, size, size), np.float32)  # padded
+      for i, k in enumerate(ks):
+        images[i] = self._model_input(render(study.slice(k)))
+      out = self.predict_batch(images)
+      for i, k in enumerate(ks):
+        if 'cls_probs' in out:
+          cls[k] = out['cls_probs'][i]
+        if 'recon_mse' in out:
+          recon[k] = out['recon_mse'][i]
+        if has_seg:
+          p, lab = self._back(np.asarray(out['seg'][i], np.float32), h, w)
+          study.put_slice(labels, k, lab)
+          if prob is not None:
+            study.put_slice(prob, k, np.round(p * 255).astype(np.uint8))
+    rep = self._report(study, labels, cls, recon, rendering, render_warning)
+    outputs = {}
+    if has_seg:
+      outputs['lesion_mask'] = volume_io.write_like_input(
+          study, labels, dest / 'lesion_mask', labels=True)
+      if prob is not None:
+        outputs['lesion_probability'] = volume_io.write_like_input(
+            study, prob, dest / 'lesion_probability')
+    if reference_mask is not None and has_seg:
+      ref = volume_io.read_mask_like(study, reference_mask)
+      a, b = labels > 0, ref > 0
+      total = int(a.sum() + b.sum())
+      rep['reference_mask'] = {
+          'path': str(reference_mask),
+          'dice': 1.0 if total == 0 else float(2 * (a & b).sum() / total),
+          'volume_ml': None if study.voxel_ml is None else float(b.sum() * study.voxel_ml)}
+    outputs['overview'] = self._overview(study, labels, rep, render, dest / 'overview.png')
+    outputs['report'] = 'report.json'
+    rep['outputs'] = outputs
+    report.write_json(dest / 'report.json', rep)
+    for warning in rep['warnings']:
+      print(f'mtl-jax predict: warning: {warning}', file=sys.stderr)
+    return rep
+
+  def _report(self, study, labels, cls, recon, rendering, render_warning) -> dict:
+    num, voxel_ml = study.num_slices, study.voxel_ml
+    warnings = [f'{study.path}: {render_warning}'] if render_warning else []
+    lesion_px = (np.zeros(num, np.int64) if labels is None
+                 else (labels > 0).sum(axis=(0, 1)))
+    lung_info, eligible = self._lungs(study, labels)
+    lung_px, outside_ml = lung_info.pop('_pixels_per_slice'), lung_info.pop('_outside_ml')
+    probs = None
+    classification = None
+    if not np.isnan(cls).all():
+      probs, used = aggregate_slices(cls, eligible)
+      classification = {
+          'class_names': self.class_names,
+          'probabilities': dict(zip(self.class_names, map(float, probs))),
+          'predicted_class': self.class_names[int(np.argmax(probs))],
+          'aggregation': {'rule': 'top_k_covid_mean', 'description': AGGREGATION,
+                          'fraction': AGG_FRACTION, 'k': int(used.size),
+                          'eligible_slices': int(eligible.sum() or num),
+                          'slices_used': used.tolist()}}
+    ood = None
+    reference = self.meta.get('ood_reference')
+    if not np.isnan(recon).all():
+      value = float(np.nanmean(recon[eligible] if eligible.any() else recon))
+      ood = {'metric': 'mean per-slice reconstruction MSE of the eligible slices, '
+                       'as a percentile of held-out in-distribution slices',
+             'value': value,
+             'percentile': None, 'threshold_percentile': report.OOD_THRESHOLD_PERCENTILE,
+             'flagged': None, 'reference': None}
+      if reference and reference.get('percentiles'):
+        ood.update(report.ood_score(value, reference['percentiles']))
+        ood['reference'] = {k: reference.get(k)
+                            for k in ('sources', 'split', 'num_examples')}
+        if ood['flagged']:
+          warnings.append(f'{study.path}: out of distribution: reconstruction error '
+                          f'at percentile {ood["percentile"]:.1f} of held-out training-like slices '
+                          f'(above the {report.OOD_THRESHOLD_PERCENTILE}th); the '
+                          'input may not be a chest CT like the training data')
+      else:
+        ood['note'] = 'checkpoint has no OOD reference (ood_reference)'
+    lesion = None
+    if labels is not None:
+      lesion = {'threshold': LESION_THRESHOLD if not self.multi else 'argmax',
+                'voxel_volume_ml': voxel_ml,
+                'volume_ml': None if voxel_ml is None else float(lesion_px.sum() * voxel_ml),
+                'area_pixels': int(lesion_px.sum()) if study.kind == 'image' else None,
+                'by_class_ml': None, 'outside_lung_ml': outside_ml}
+      if self.multi and voxel_ml is not None:
+        counts = np.bincount(labels.ravel(), minlength=len(SEG_CLASS_NAMES))
+        lesion['by_class_ml'] = {n: float(counts[i] * voxel_ml)
+                                 for i, n in enumerate(SEG_CLASS_NAMES) if i}
+    involvement = (lung_info.get('involvement_percent') or {}).get('total')
+    slices = [{'index': k, 'lung': bool(lung_px[k] > 0) if lung_px is not None else None,
+               'lesion_pixels': int(lesion_px[k]),
+               'probabilities': (None if np.isnan(cls[k]).any()
+                                 else dict(zip(self.class_names, map(float, cls[k])))),
+               'recon_mse': None if np.isnan(recon[k]) else float(recon[k])}
+              for k in range(num)]
+    return {
+        'schema_version': report.SCHEMA_VERSION, 'tool': 'mtl-jax predict',
+        'created': report.now(),
+        'input': report.input_info(study),
+        'checkpoint': {'workdir': self.workdir, 'path': os.path.abspath(self.path),
+                       'which': self.which, 'step': self.step,
+                       'tasks': list(self.trainer.tasks)},
+        'preprocessing': {
+            'image_size': self.image_size, 'window_hu': list(self.window),
+            'model_input_kind': self.model_kind, 'rendering': rendering,
+            'resize': 'square pad (0), bilinear to image_size, clip to [0, 1]; '
+                      'back: bilinear on probabilities, crop, threshold',
+            'slice_order': 'axial slices of the closest canonical RAS orientation, '
+                           'index 0 = most inferior',
+            'tta': self.tta, 'batch_size': self.batch_size},
+        'classification': classification, 'slices': slices, 'lesion': lesion,
+        'lungs': lung_info,
+        'severity': {'scale': report.SEVERITY_SCALE, 'rule': report.SEVERITY_RULE,
+                     'grade': report.severity_grade(involvement),
+                     'involvement_percent': involvement},
+        'ood': ood, 'reference_mask': None, 'warnings': warnings}
+
+  def _lungs(self, study, labels):
+    """(lungs section, eligible-slice mask); HU inputs only."""
+    num = study.num_slices
+    if study.intensity != 'hu':
+      return {'available': False, 'method': None, 'volume_ml': None,
+              'involvement_percent': None, 'notes': [],
+              'limitation': '8-bit rendering: no Hounsfield units, so no HU lung '
+                            'mask; lung volume, involvement and severity are not '
+                            'computed', '_pixels_per_slice': None,
+              '_outside_ml': None}, np.ones(num, bool)
+    spacing = study.spacing if study.spacing is not None else np.ones(3)
+    result = lungs.segment_lungs(study.volume, spacing)
+    outside = lungs.add_lesions(result, labels) if labels is not None else None
+    voxel_ml = study.voxel_ml
+    lung_px = (result.labels > 0).sum(axis=(0, 1))
+    eligible = lung_px >= LUNG_SLICE_FRACTION * study.volume.shape[0] * study.volume.shape[1]
+    volumes = result.volumes_ml(voxel_ml)
+    involvement = None
+    if labels is not None:
+      lesion = labels > 0
+      involvement = {}
+      for name, sides in (('right', (lungs.RIGHT,)), ('left', (lungs.LEFT,)),
+                          ('total', (lungs.RIGHT, lungs.LEFT))):
+        in_lung = np.isin(result.labels, sides)
+        n = int(in_lung.sum())
+        involvement[name] = None if n == 0 else float(100.0 * (lesion & in_lung).sum() / n)
+    return {'available': True, 'method': lungs.METHOD, 'volume_ml': volumes,
+            'involvement_percent': involvement, 'notes': result.notes,
+            'limitation': None, '_pixels_per_slice': lung_px,
+            '_outside_ml': None if outside is None else float(outside * voxel_ml)
+            }, eligible
+
+  def _overview(self, study, labels, rep, render, path):
+    slices = rep['slices']
+    order = sorted(range(len(slices)), key=lambda k: (
+        -slices[k]['lesion_pixels'],
+        -((slices[k]['probabilities'] or {}).get(self.class_names[0], 0.0)
+          if self.class_names else 0.0)))
+    chosen = sorted(order[:report.MAX_PANELS])
+    panels = []
+    for k in chosen:
+      gray = np.round(np.clip(render(study.slice(k)), 0, 1) * 255).astype(np.uint8)
+      lab = (np.zeros_like(gray) if labels is None
+             else np.ascontiguousarray(study.slice(k, labels)))
+      panels.append((gray, lab, f'slice {k}: {slices[k]["lesion_pixels"]} px'))
+    c = rep['classification']
+    head = (f'{c["predicted_class"]} p={c["probabilities"][c["predicted_class"]]:.2f}'
+            if c else 'no classifier')
+    inv = rep['severity']['involvement_percent']
+    head += (f' | involvement {inv:.1f}% ({rep["severity"]["grade"]})' if inv is not None
+             else ' | involvement n/a')
+    if rep['ood'] and rep['ood'].get('flagged'):
+      head += ' | OUT OF DISTRIBUTION'
+    return report.render_overview(path, panels, head)
+
+
+def run(checkpoint, input_path, output, batch_size=None, tta=False, series=None,
+        save_probability=False, which='best', predictor: Predictor | None = None):
+  """The CLI entry: check what is cheap first (model folder, inputs, masks; a
+  single input is read before the model is built), predict, then publish."""
+  if predictor is None:
+    load_meta(checkpoint, which)  # fail fast on a folder without a model
+  batch, items = volume_io.discover(input_path)
+  volume_io.check_masks(items)
+  first = None if batch else volume_io.read_study(items[0].input, series)
+  predictor = predictor or Predictor(checkpoint, batch_size, tta, which)
+  reports = []
+  with volume_io.staged_output(output) as tmp:
+    for item in items:
+      study = first if first is not None else volume_io.read_study(item.input, series)
+      first = None
+      rep = predictor.predict_study(study, tmp / item.name if batch else tmp,
+                                    save_probability, item.mask)
+      del study
+      reports.append(rep)
+      print(report.summary_line(item.name, rep))
+    if batch:
+      report.write_batch_summary(tmp / 'batch_summary.json', input_path, items, reports)
+  return reports

@@ -1,0 +1,186 @@
+"""report.json (a versioned schema) and overview.png of `mtl-jax predict`.
+
+report.json, schema_version 1.0 (keys always present; null when not
+applicable, e.g. lung figures for an 8-bit input, classification for a
+model without a classifier):
+
+  schema_version      "1.0"
+  tool, created       "mtl-jax predict", ISO-8601 UTC time
+  input               path, kind (nifti|dicom|image), sha256 (of the file, or
+                      of the chosen series' files in name order), series_uid,
+                      shape, orientation (axis codes), affine, spacing_mm,
+                      intensity (hu|8bit), num_slices
+  checkpoint          workdir, path (the checkpoint step folder), which, step, tasks
+  preprocessing       image_size, window_hu, model_input_kind (hu|8bit),
+                      rendering (how this input became model input), resize,
+                      slice_order, tta, batch_size, notes
+  classification      class_names, probabilities {class: p}, predicted_class,
+                      aggregation {rule, description, k, fraction,
+                      eligible_slices, slices_used}
+  slices              per axial slice (canonical RAS index, 0 = most inferior):
+                      index, lung (bool), lesion_pixels, probabilities, recon_mse
+  lesion              threshold, volume_ml, voxel_volume_ml, by_class_ml,
+                      outside_lung_ml, area_pixels (2-D inputs)
+  lungs               available, method, volume_ml {right, left, total},
+                      involvement_percent {right, left, total}, notes, limitation
+  severity            scale, rule, grade (CT-0..CT-4), involvement_percent
+  ood                 metric, value, percentile, threshold_percentile (99),
+                      flagged, reference {source, split, num_examples}
+  reference_mask      (batch mode with a mask column) path, dice, volume_ml
+  outputs             file names in the output folder
+  warnings            list of one-line warnings (also printed on stderr)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SCHEMA_VERSION = '1.0'
+OOD_THRESHOLD_PERCENTILE = 99
+SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
+SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '
+                 'CT-3: 50-<75%, CT-4: >=75%')
+PANEL_HEIGHT = 256
+MAX_PANELS = 4
+COLOURS = {1: (255, 40, 40), 2: (255, 220, 0)}  # GGO / lesion, consolidation
+ALPHA = 0.45
+
+
+def severity_grade(involvement_percent: float | None) -> str | None:
+  """MosMedData category from the % of lung volume involved (None: unknown)."""
+  if involvement_percent is None or not np.isfinite(involvement_percent):
+    return None
+  if involvement_percent <= 0:
+    return 'CT-0'
+  for grade, upper in (('CT-1', 25), ('CT-2', 50), ('CT-3', 75)):
+    if involvement_percent < upper:
+      return grade
+  return 'CT-4'
+
+
+def ood_score(value: float, percentiles) -> dict:
+  """A study's mean reconstruction MSE as a percentile (0..100) of the reference.
+
+  `percentiles` are the 101 percentiles (0th..100th) of per-slice MSE on
+  training slices; linear interpolation between them, clamped to 0 and 100.
+  Flagged when the value is above the 99th percentile.
+  """
+  ref = np.maximum.accumulate(np.asarray(percentiles, np.float64))
+  if ref.shape != (101,):
+    raise ValueError(f'OOD reference must hold 101 percentiles, got {ref.shape}')
+  value = float(value)
+  if value <= ref[0]:
+    pct = 0.0
+  elif value >= ref[-1]:
+    pct = 100.0
+  else:
+    pct = float(np.interp(value, ref, np.arange(101.0)))
+  flagged = bool(value > ref[OOD_THRESHOLD_PERCENTILE])
+  return {'percentile': pct, 'flagged': flagged,
+          'threshold_value': float(ref[OOD_THRESHOLD_PERCENTILE])}
+
+
+def now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _jsonable(value.tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value
+
+
+def write_json(path, data: dict):
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(_jsonable(data), f, indent=2)
+    f.write('\n')
+
+
+def _panel(gray: np.ndarray, labels: np.ndarray, caption: str, font) -> Image.Image:
+  """A slice (uint8 gray) with its lesion labels blended in colour, and a caption."""
+  h, w = gray.shape
+  width = max(1, int(round(w * PANEL_HEIGHT / h)))
+  rgb = np.repeat(gray[..., None].astype(np.float32), 3, axis=-1)
+  for label, colour in COLOURS.items():
+    where = labels == label
+    rgb[where] = (1 - ALPHA) * rgb[where] + ALPHA * np.asarray(colour, np.float32)
+  image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+  image = image.resize((width, PANEL_HEIGHT), Image.Resampling.BILINEAR)
+  panel = Image.new('RGB', (width, PANEL_HEIGHT + 14), (0, 0, 0))
+  panel.paste(image, (0, 0))
+  ImageDraw.Draw(panel).text((2, PANEL_HEIGHT + 1), caption, fill=(220, 220, 220),
+                             font=font)
+  return panel
+
+
+def render_overview(path, panels: list, header: str):
+  """overview.png: a one-line header above the given (gray, labels, caption) panels."""
+  font = ImageFont.load_default()
+  tiles = [_panel(g, l, c, font) for g, l, c in panels[:MAX_PANELS]]
+  draw_probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  text_width = int(draw_probe.textlength(header, font=font)) + 8
+  width = max(sum(t.width for t in tiles) + 4 * max(len(tiles) - 1, 0), text_width, 64)
+  height = 18 + (max(t.height for t in tiles) if tiles else 0)
+  canvas = Image.new('RGB', (width, height), (0, 0, 0))
+  ImageDraw.Draw(canvas).text((4, 3), header, fill=(255, 255, 255), font=font)
+  x = 0
+  for tile in tiles:
+    canvas.paste(tile, (x, 18))
+    x += tile.width + 4
+  canvas.save(path)
+  return os.path.basename(str(path))
+
+
+def input_info(study) -> dict:
+  """The report's `input` section for a `volume_io.Study`."""
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  affine = study.input_affine if study.input_affine is not None else study.affine
+  return {'path': os.path.abspath(study.path), 'kind': study.kind,
+          'sha256': study.sha256, 'series_uid': study.series_uid,
+          'shape': list(study.input_shape),
+          'orientation': None if affine is None else ''.join(nib.aff2axcodes(affine)),
+          'affine': None if affine is None else np.asarray(affine).tolist(),
+          'spacing_mm': None if study.spacing is None else [float(v) for v in study.spacing],
+          'intensity': study.intensity, 'num_slices': study.num_slices}
+
+
+def summary_line(name: str, rep: dict) -> str:
+  """One line per study for the terminal."""
+  c, sev, les, ood = rep['classification'], rep['severity'], rep['lesion'], rep['ood']
+  parts = [name]
+  if c:
+    parts.append(f'{c["predicted_class"]} p={c["probabilities"][c["predicted_class"]]:.2f}')
+  if les and les['volume_ml'] is not None:
+    parts.append(f'lesion {les["volume_ml"]:.1f} mL')
+  if sev['involvement_percent'] is not None:
+    parts.append(f'involvement {sev["involvement_percent"]:.1f}% {sev["grade"]}')
+  if ood and ood.get('percentile') is not None:
+    parts.append(f'OOD percentile {ood["percentile"]:.0f}' +
+                 (' FLAGGED' if ood['flagged'] else ''))
+  return ', '.join(parts)
+
+
+def write_batch_summary(path, input_path, items, reports):
+  """batch_summary.json: one entry per study of a batch run."""
+  write_json(path, {
+      'schema_version': SCHEMA_VERSION, 'input': os.path.abspath(str(input_path)),
+      'studies': [{'name': it.name, 'input': str(it.input),
+                   'mask': None if it.mask is None else str(it.mask),
+                   'summary': summary_line(it.name, r),
+                   'predicted_class': (r['classification'] or {}).get('predicted_class'),
+                   'severity': r['severity']['grade'],
+                   'ood_flagged': (r['ood'] or {}).get('flagged')}
+                  for it, r in zip(items, reports)]})

@@ -1,0 +1,350 @@
+"""Inputs and outputs of `mtl-jax predict`: find, read and validate studies, write results.
+
+One study is a NIfTI volume (.nii/.nii.gz), a DICOM series (a folder, or one
+.dcm file), or a 2-D PNG/JPG slice. `discover` also accepts a folder of such
+inputs or a CSV with columns `input[,mask]` (batch mode: one output folder
+each). Reading reuses `mtl_jax.data.readers` (the dataset builders' readers),
+so prediction sees volumes exactly as training did: canonical RAS order, HU
+from RescaleSlope/Intercept, colour photographs refused.
+
+Added here (readers has no such functions): picking one series out of a
+folder holding several (the CT series with the most slices, or `--series
+UID`), remembering the input's own orientation so that outputs are written
+back in the INPUT's geometry, and staging the output folder so that a failed
+run leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+from mtl_jax.data import readers
+from mtl_jax.data.readers import BadInputError
+
+MARKERS = ('report.json', 'batch_summary.json')  # an earlier predict output
+EXPECTED = ('expected a .nii/.nii.gz volume, a DICOM series folder or .dcm file, '
+            'a .png/.jpg slice, a folder of these, or a .csv with an input column')
+
+
+class InputNotFoundError(FileNotFoundError):
+  """A path given on the command line or in a CSV does not exist."""
+
+
+@dataclasses.dataclass
+class Item:
+  """One study to predict: its input, its output sub-folder name, an optional mask."""
+  input: pathlib.Path
+  name: str
+  mask: pathlib.Path | None = None
+
+
+@dataclasses.dataclass
+class Study:
+  """A study in canonical RAS order (X, Y, Z); a 2-D image is (W, H, 1)."""
+  path: str
+  kind: str  # 'nifti', 'dicom' or 'image'
+  volume: np.ndarray  # float32, HU or 0..255
+  intensity: str  # 'hu' or '8bit'
+  spacing: np.ndarray | None  # (3,) mm along X, Y, Z; None for 2-D images
+  affine: np.ndarray | None  # canonical voxel -> RAS mm
+  input_shape: tuple
+  input_affine: np.ndarray | None
+  to_input: np.ndarray | None  # nibabel ornt: canonical -> input axes
+  sha256: str
+  series_uid: str | None = None
+  header: object = None  # the input NIfTI header (units, codes)
+
+  @property
+  def num_slices(self) -> int:
+    return self.volume.shape[2]
+
+  def slice(self, k: int, array=None) -> np.ndarray:
+    """Axial slice k in display orientation (anterior up, patient right on the left)."""
+    array = self.volume if array is None else array
+    return array[:, :, k].T[::-1, ::-1]
+
+  def put_slice(self, array, k: int, display: np.ndarray):
+    array[:, :, k] = display[::-1, ::-1].T
+
+  @property
+  def voxel_ml(self) -> float | None:
+    if self.affine is None:
+      return None
+    return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
+
+
+def _sha256(paths) -> str:
+  h = hashlib.sha256()
+  for path in paths:
+    with open(path, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        h.update(block)
+  return h.hexdigest()
+
+
+def _exists(path, what='input') -> pathlib.Path:
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise InputNotFoundError(f'{path}: {what} not found')
+  return path
+
+
+def _is_image(path) -> bool:
+  return str(path).lower().endswith(readers.IMAGE_SUFFIXES)
+
+
+def _unique_names(paths) -> list:
+  names, seen = [], {}
+  for p in paths:
+    base = readers.strip_suffix(pathlib.Path(p).name) or 'input'
+    seen[base] = seen.get(base, 0) + 1
+    names.append(base if seen[base] == 1 else f'{base}_{seen[base]}')
+  return names
+
+
+def discover(path) -> tuple[bool, list]:
+  """(batch, items) for an input path; raises a one-line error when unusable."""
+  path = _exists(path)
+  if path.is_file() and path.suffix.lower() == '.csv':
+    return True, _csv_items(path)
+  if path.is_dir():
+    entries = [e for e in sorted(path.iterdir()) if not e.name.startswith('.')]
+    if not entries:
+      raise BadInputError(f'empty folder ({EXPECTED})', path)
+    inputs = [e for e in entries if e.is_dir() or readers.is_nifti(e) or _is_image(e)]
+    if not inputs:  # only plain files: one DICOM series
+      return False, [Item(path, path.name)]
+    return True, [Item(p, n) for p, n in zip(inputs, _unique_names(inputs))]
+  return False, [Item(path, readers.strip_suffix(path.name))]
+
+
+def _csv_items(path) -> list:
+  try:
+    rows = readers.read_csv(path)
+  except (UnicodeDecodeError, OSError) as e:
+    raise BadInputError(f'unreadable CSV ({type(e).__name__})', path) from None
+  if not rows or 'input' not in rows[0]:
+    raise BadInputError('CSV needs a header with an "input" column (and '
+                        'optionally "mask") and at least one row', path)
+  items = []
+  for i, row in enumerate(rows, start=2):
+    value = (row.get('input') or '').strip()
+    if not value:
+      raise BadInputError(f'line {i}: empty input', path)
+    image = _exists(path.parent / value, f'input (CSV {path.name} line {i})')
+    mask = (row.get('mask') or '').strip()
+    items.append(Item(image, '', _exists(path.parent / mask, f'mask (CSV {path.name} '
+                                              f'line {i})') if mask else None))
+  for item, name in zip(items, _unique_names([it.input for it in items])):
+    item.name = name
+  return items
+
+
+def _raw_shape(path):
+  """Shape of a NIfTI (trailing 1s dropped) or image (H, W) from its header; None: unknown."""
+  path = pathlib.Path(path)
+  if readers.is_nifti(path):
+    import nibabel as nib  # pylint: disable=g-import-not-at-top
+    try:
+      shape = tuple(nib.load(str(path)).shape)
+    except Exception as e:  # pylint: disable=broad-except
+      raise BadInputError(f'unreadable NIfTI ({type(e).__name__})', path) from None
+    while len(shape) > 3 and shape[-1] == 1:
+      shape = shape[:-1]
+    return shape
+  if _is_image(path):
+    try:
+      with Image.open(path) as im:
+        return (im.height, im.width)
+    except OSError as e:
+      raise BadInputError(f'unreadable image ({type(e).__name__})', path) from None
+  return None
+
+
+def check_masks(items):
+  """Before any work: every mask's shape must match its input's (header reads)."""
+  for item in items:
+    if item.mask is None:
+      continue
+    if not (readers.is_nifti(item.mask) or _is_image(item.mask)):
+      raise BadInputError('mask must be a .nii/.nii.gz volume or a .png image',
+                          item.mask)
+    mask_shape, input_shape = _raw_shape(item.mask), _raw_shape(item.input)
+    if input_shape is not None and mask_shape != input_shape:
+      raise BadInputError(f'mask shape {mask_shape} does not match input '
+                          f'{item.input.name} shape {input_shape}', item.mask)
+
+
+def read_study(path, series: str | None = None) -> Study:
+  """Read and validate one input (see module doc)."""
+  path = _exists(path)
+  if path.is_dir():
+    return _read_dicom(path, sorted(f for f in path.iterdir() if f.is_file()
+                                    and not f.name.startswith('.')), series)
+  if readers.is_nifti(path):
+    return _read_nifti(path)
+  if _is_image(path):
+    image = readers.read_image(path)  # (H, W) 0..255; refuses colour photographs
+    volume = np.ascontiguousarray(image[::-1, ::-1].T)[:, :, None]
+    return Study(str(path), 'image', volume, '8bit', None, None, image.shape, None,
+                 None, _sha256([path]))
+  if path.suffix.lower() in ('.csv', '.txt', '.json', '.md'):
+    raise BadInputError(f'not an image or volume ({EXPECTED})', path)
+  return _read_dicom(path, [path], series)
+
+
+def _read_nifti(path) -> Study:
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  volume, spacing, affine = readers.read_nifti(path)
+  original = nib.load(str(path))
+  ornt = nib.orientations.io_orientation(original.affine)
+  to_input = nib.orientations.ornt_transform(
+      nib.orientations.axcodes2ornt(('R', 'A', 'S')), ornt)
+  return Study(str(path), 'nifti', volume, readers.intensity_kind(volume, path),
+               spacing, affine, tuple(original.shape), original.affine.copy(),
+               to_input, _sha256([path]), header=original.header)
+
+
+def _read_dicom(path, files, series) -> Study:
+  """One series: `series` if given, else the CT series with the most slices."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  if not files:
+    raise BadInputError(f'empty DICOM folder ({EXPECTED})', path)
+  by_series, modality = {}, {}
+  for f in files:
+    try:
+      ds = pydicom.dcmread(f, stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+      continue
+    uid = str(ds.get('SeriesInstanceUID', ''))
+    if uid and 'Rows' in ds:
+      by_series.setdefault(uid, []).append(f)
+      modality[uid] = str(ds.get('Modality', ''))
+  if not by_series:
+    raise BadInputError(f'not an image or volume: no DICOM image files ({EXPECTED})',
+                        path)
+  if series is not None:
+    if series not in by_series:
+      raise BadInputError(f'no series {series}; series here: '
+                          f'{", ".join(sorted(by_series))}', path)
+    uid = series
+  else:
+    ct = [u for u in by_series if modality[u] == 'CT']
+    if not ct:
+      raise BadInputError('Modality is ' + '/'.join(sorted(set(modality.values()))) +
+                          ', not CT (no CT series here)', path)
+    uid = max(ct, key=lambda u: (len(by_series[u]), u))
+  if modality[uid] != 'CT':
+    raise BadInputError(f'series {uid} has Modality {modality[uid]!r}, not CT', path)
+  chosen = sorted(by_series[uid])
+  # readers.read_dicom_series reads a whole folder: give it one holding just
+  # this series (links), and report errors against the real path.
+  with tempfile.TemporaryDirectory(prefix='mtl-series-') as tmp:
+    for f in chosen:
+      os.symlink(os.path.abspath(f), os.path.join(tmp, f.name))
+    try:
+      volume, spacing, affine = readers.read_dicom_series(tmp)
+    except BadInputError as e:
+      raise BadInputError(e.reason, path) from None
+  return Study(str(path), 'dicom', volume, 'hu', spacing, affine, volume.shape,
+               affine, None, _sha256(chosen), series_uid=uid)
+
+
+def read_mask_like(study: Study, path) -> np.ndarray:
+  """A reference lesion mask (batch mode CSV) in the study's canonical order, 0/1."""
+  path = pathlib.Path(path)
+  if study.kind == 'image':
+    mask = readers.read_mask(path)
+    if mask.shape != study.input_shape:
+      raise BadInputError(f'mask shape {mask.shape} does not match input shape '
+                          f'{study.input_shape}', path)
+    return (np.ascontiguousarray(mask[::-1, ::-1].T)[:, :, None] > 0).astype(np.uint8)
+  data, _, affine = readers.read_volume(path)
+  if not readers.same_geometry(data.shape, affine, study.volume.shape, study.affine):
+    raise BadInputError(f'mask geometry {data.shape} does not match volume '
+                        f'{study.volume.shape} (shape and affine must agree)', path)
+  return (readers.map_labels(data, 'nonzero', path) > 0).astype(np.uint8)
+
+
+def write_like_input(study: Study, canonical: np.ndarray, path_stem,
+                     labels: bool = False) -> str:
+  """Write a canonical-order array in the input's geometry; returns the file name.
+
+  NIfTI input: the input's axis order, shape, affine (oblique, non-RAS) and
+  units. DICOM input: NIfTI in canonical RAS with the series' affine. 2-D
+  image: a PNG of the image's size (labels as palette indices, else 8-bit).
+  """
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  if study.kind == 'image':
+    name = f'{path_stem}.png'
+    plane = np.ascontiguousarray(study.slice(0, canonical))
+    image = Image.fromarray(plane)
+    if labels:  # palette PNG: pixel values are the labels (readers.read_mask)
+      image.putpalette([0, 0, 0, 255, 0, 0, 255, 255, 0] + [0] * (3 * 253))
+    image.save(name)
+    return os.path.basename(name)
+  name = f'{path_stem}.nii.gz'
+  if study.kind == 'dicom':
+    nib.save(nib.Nifti1Image(canonical, study.affine), name)
+    return os.path.basename(name)
+  data = nib.orientations.apply_orientation(canonical, study.to_input)
+  data = np.ascontiguousarray(data).reshape(study.input_shape)
+  image = nib.Nifti1Image(data, study.input_affine)
+  header = study.header  # keep the input's qform and sform exactly, with their codes
+  qcode, scode = int(header['qform_code']), int(header['sform_code'])
+  image.set_qform(header.get_qform() if qcode else study.input_affine, qcode or 1)
+  image.set_sform(header.get_sform() if scode else study.input_affine, scode or 1)
+  image.header.set_xyzt_units(*header.get_xyzt_units())
+  nib.save(image, name)
+  return os.path.basename(name)
+
+
+@contextlib.contextmanager
+def staged_output(outdir):
+  """Yield a temporary folder beside `outdir`; on success it replaces `outdir`.
+
+  On any error the temporary folder is removed and `outdir` is exactly as it
+  was. An existing `outdir` is replaced only if it is empty or an earlier
+  predict output (holds report.json or batch_summary.json).
+  """
+  out = pathlib.Path(outdir).absolute()
+  if out.exists() and not out.is_dir():
+    raise BadInputError('output exists and is not a folder', out)
+  if out.is_dir() and any(out.iterdir()) and not any(
+      (out / m).exists() for m in MARKERS):
+    raise BadInputError('output folder exists, is not empty and holds no earlier '
+                        'mtl-jax predict output; choose another --output', out)
+  created = []
+  parent = out.parent
+  while not parent.exists():
+    created.append(parent)
+    parent = parent.parent
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
+  try:
+    yield tmp
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    if out.exists():
+      old = out.parent / f'.{out.name}.old-{os.getpid()}'
+      os.rename(out, old)
+      os.rename(tmp, out)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in created:  # innermost first
+      with contextlib.suppress(OSError):
+        folder.rmdir()
+    raise

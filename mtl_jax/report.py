@@ -25,7 +25,7 @@ model without a classifier):
                       involvement_percent {right, left, total}, notes, limitation
   severity            scale, rule, grade (CT-0..CT-4), involvement_percent
   ood                 metric, value, percentile, threshold_percentile (99),
-                      flagged, reference {source, split, num_examples}
+                      flagged, reference {sources, split, num_examples}
   reference_mask      (batch mode with a mask column) path, dice, volume_ml
   outputs             file names in the output folder
   warnings            list of one-line warnings (also printed on stderr)

@@ -45,12 +45,20 @@ def make_example(image01, mask=None, label=None, label_set=None, *,
                  patient_id: str, source: str, spacing=None) -> dict:
   """A validated record in the shared spec.
 
+  `image01` is a square float image in [0, 1] (already windowed/resized);
+  `mask` has the same shape with values 0 background, 1 ground glass,
+  2 consolidation (None: unknown, stored as zeros with has_mask False).
   `label` is an exact class index; `label_set` a collection of allowed class
-  indices or a multi-hot vector (for partial labels). Give at most one.
+  indices or a multi-hot vector (for partial labels, e.g. `NON_COVID`). Give
+  at most one; neither means unlabelled (label -1, has_label False). An exact
+  label is stored as a one-hot `label_set`, and a one-element set as an exact
+  label. `spacing` is the pixel size in mm (None: unknown, stored as 0, 0).
+  Raises ValueError on anything inconsistent.
   """
   image01 = np.asarray(image01, np.float32)
-  if image01.ndim != 2:
-    raise ValueError(f'{patient_id}: image must be 2-D, got shape {image01.shape}')
+  if image01.ndim != 2 or image01.shape[0] != image01.shape[1] or not image01.size:
+    raise ValueError(f'{patient_id}: image must be a square 2-D (S, S) array, got '
+                     f'shape {image01.shape}')
   if not np.all(np.isfinite(image01)) or image01.min() < 0 or image01.max() > 1:
     raise ValueError(f'{patient_id}: image must be finite and in [0, 1]')
   if mask is not None:
@@ -72,11 +80,21 @@ def make_example(image01, mask=None, label=None, label_set=None, *,
   elif label_set is not None:
     label_set = np.asarray(label_set)
     if label_set.shape == (len(CLASS_NAMES),) and set(label_set.tolist()) <= {0, 1}:
-      multi_hot[:] = label_set
-    else:
-      multi_hot[label_set.astype(int)] = 1
+      multi_hot[:] = label_set  # a multi-hot vector
+    else:  # a collection of class indices
+      indices = label_set.reshape(-1).tolist()
+      if any(int(i) != i or not 0 <= i < len(CLASS_NAMES) for i in indices):
+        raise ValueError(f'{patient_id}: label_set {label_set.tolist()} must be a '
+                         f'multi-hot vector of length {len(CLASS_NAMES)} or class '
+                         f'indices in 0..{len(CLASS_NAMES) - 1}')
+      multi_hot[[int(i) for i in indices]] = 1
     if multi_hot.sum() == 1:  # a one-element set is an exact label
       label = int(np.argmax(multi_hot))
+  if spacing is not None:
+    spacing = np.asarray(spacing, np.float32)
+    if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or np.any(spacing < 0):
+      raise ValueError(f'{patient_id}: spacing must be two finite non-negative '
+                       f'values (mm), got {spacing.tolist()}')
   return {
       'image': encode_image(image01),
       'mask': (np.zeros(image01.shape, np.uint8) if mask is None
@@ -87,8 +105,7 @@ def make_example(image01, mask=None, label=None, label_set=None, *,
       'has_label': bool(multi_hot.any()),
       'patient_id': str(patient_id),
       'source': str(source),
-      'spacing': np.zeros(2, np.float32) if spacing is None
-                 else np.asarray(spacing, np.float32),
+      'spacing': np.zeros(2, np.float32) if spacing is None else spacing,
   }
 
 

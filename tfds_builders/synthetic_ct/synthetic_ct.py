@@ -29,8 +29,10 @@ class SyntheticCtConfig(tfds.core.BuilderConfig):
 class SyntheticCt(tfds.core.GeneratorBasedBuilder):
   """Deterministic synthetic HU slices with COVID lesion masks and class labels."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Realistic anatomy; the segmentation cohort includes '
+                            'lesion-free slices with empty masks.'}
   BUILDER_CONFIGS = [
       SyntheticCtConfig(
           name=str(s), image_size=s,

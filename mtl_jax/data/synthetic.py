@@ -299,7 +299,7 @@ def _vessel_tree(rng, f, hilum_u, hilum_v, side, scale=1.0, levels=4):
   return _splat(f.size, py, px, np.concatenate(ws))
 
 
-def _lungs_and_vessels(rng, f, patient, z, cavity, media, hilum_u, hu):
+def _lungs_and_vessels(rng, f, cavity, media, hilum_u, hu):
   size, u, v = f.size, f.u, f.v
   lungs_any = _smooth_region(cavity & ~media, 0.012 * size)
   lungs = np.stack([lungs_any & (v < 0.01), lungs_any & (v >= 0.01)])
@@ -341,11 +341,11 @@ def _lungs_and_vessels(rng, f, patient, z, cavity, media, hilum_u, hu):
       ring = f.disk(cu, cv, r + 0.007) & lungs_any
       hu[ring] = rng.uniform(-50, 30)
       hu[f.disk(cu, cv, r) & lungs_any] = -950.0
-  return lungs, occupancy
+  return lungs
 
 
 def _anatomy(rng, size, patient, z):
-  """(hu, lungs (2, S, S) bool, vessel occupancy, frame) of a normal slice."""
+  """(hu, lungs (2, S, S) bool, frame) of a normal slice."""
   f = _Frame(size, patient)
   hu = np.full((size, size), AIR_HU, np.float32)
   # The table: a curved shell under the patient (not rotated with them).
@@ -354,9 +354,8 @@ def _anatomy(rng, size, patient, z):
   hu[(f.y > table_top + 0.03) & (f.y < table_top + 0.08) & (np.abs(f.x) < 0.85)] = -850.0
   body, cavity, spine = _body_and_bones(rng, f, patient, z, hu)
   media, hilum_u = _mediastinum(rng, f, patient, z, spine, cavity, hu)
-  lungs, occupancy = _lungs_and_vessels(rng, f, patient, z, cavity, media,
-                                        hilum_u, hu)
-  return hu, lungs, occupancy, f
+  lungs = _lungs_and_vessels(rng, f, cavity, media, hilum_u, hu)
+  return hu, lungs, f
 
 
 # ----------------------------------------------------------------------------
@@ -374,7 +373,7 @@ def _border_seed(rng, f, lung, depth):
   return cu[k], cv[k]
 
 
-def _covid(rng, f, hu, lungs, occupancy):
+def _covid(rng, f, hu, lungs):
   size = f.size
   mask = np.zeros((size, size), np.uint8)
   sides = [0, 1] if rng.random() < 0.7 else [int(rng.integers(2))]
@@ -485,10 +484,10 @@ def generate_slice(rng: np.random.Generator, kind: str, size: int, *,
     raise ValueError(f'size must be at least 16 pixels, got {size}')
   patient = sample_patient(rng) if patient is None else patient
   z = float(rng.uniform(0.15, 0.85) if level is None else np.clip(level, 0, 1))
-  hu, lungs, occupancy, f = _anatomy(rng, size, patient, z)
+  hu, lungs, f = _anatomy(rng, size, patient, z)
   mask = np.zeros((size, size), np.uint8)
   if kind == 'covid19':
-    mask = _covid(rng, f, hu, lungs, occupancy)
+    mask = _covid(rng, f, hu, lungs)
   elif kind == 'other':
     _other(rng, f, hu, lungs)
   # Partial-volume blur and correlated CT noise.
@@ -521,9 +520,10 @@ def generate_split(seed: int, num_examples: int, size: int, split: str,
 
   train: heterogeneous cohorts like the real data. `synthetic_seg` (~40% of
   patients): slices with lesion masks (60% COVID, 40% lesion-free normal or
-  other pathology), ~30% of these patients without a class label. `synthetic_cls` (~60%): all three classes with labels but no
-  masks; ~15% of its non-COVID patients only carry the set label
-  {normal, other} (label -1).
+  other pathology), ~30% of these patients without a class label.
+  `synthetic_cls` (~60%): all three classes with labels but no masks; ~15%
+  of its non-COVID patients only carry the set label {normal, other}
+  (label -1).
   validation/test (`synthetic_ct`): every slice has an exact label and a mask
   (normal and other have a genuinely empty lesion mask), classes about
   1/2 COVID, 1/4 normal, 1/4 other.

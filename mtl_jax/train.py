@@ -209,55 +209,57 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
       json.dump(config_dict, f, indent=2, sort_keys=True)
     writer.write_hparams({'num_params': num_params, 'preset': config.preset})
 
-  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
-  batches = pipeline.iterate(pipeline.train_dataset(config, shard), start, config)
-  total = config.train.num_train_steps
-  report = writers.periodic_actions.ReportProgress(num_train_steps=total,
-                                                   writer=writer)
-  progress = _progress_bar(config, start, total) if lead else None
-  pending, results = [], {}
-  wait_time, t_log, steps_since = 0.0, time.time(), 0
-  for step in range(start + 1, total + 1):
-    t0 = time.time()
-    local = next(batches)
-    wait_time += time.time() - t0
-    state, terms = trainer.train_step(state, parallel.global_batch(local, trainer.mesh))
-    pending.append((step, terms))
-    steps_since += 1
-    report(step)
-    last = step == total
-    if step % config.train.log_every_steps == 0 or last or step == interrupt_at_step:
-      jax.block_until_ready(terms)  # time finished steps, not dispatched ones
-      elapsed = time.time() - t_log
-      _flush_metrics(pending, writer, {
-          'steps_per_sec': steps_since / elapsed,
-          'slices_per_sec': steps_since * config.train.global_batch_size / elapsed,
-          # Host time blocked on the input pipeline: an upper bound on the
-          # device's idle time, since dispatched steps may still be running.
-          'data_wait_fraction': wait_time / elapsed})
-      if progress is not None:  # after the fetch, so the bar shows finished steps
-        progress.update(steps_since)
-      wait_time, t_log, steps_since = 0.0, time.time(), 0
-    t_pause = time.time()  # evaluation and saving do not count as step time
-    if step % config.train.eval_every_steps == 0 or last:
-      _flush_metrics(pending, writer, {})
-      results = trainer.evaluate(state, 'validation', config.eval.max_examples)
-      writer.write_scalars(step, {f'validation/{k}': v for k, v in results.items()
-                                  if isinstance(v, (int, float))})
-      meta = checkpoint_meta(config, step)
-      if ckpt.is_better(results):
-        meta['ood_reference'] = evaluation.reference_recon_errors(trainer, state)
-      ckpt.save_if_best(step, state, meta, results)
-    if step % config.train.checkpoint_every_steps == 0 or last:
-      _flush_metrics(pending, writer, {})
-      ckpt.save_latest(step, state, checkpoint_meta(config, step))
-    t_log += time.time() - t_pause
-    if step == interrupt_at_step:
-      break
-  if progress is not None:
-    progress.close()
-  writer.flush()
-  ckpt.close()
+  try:
+    shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
+    batches = pipeline.iterate(pipeline.train_dataset(config, shard), start, config)
+    total = config.train.num_train_steps
+    report = writers.periodic_actions.ReportProgress(num_train_steps=total,
+                                                     writer=writer)
+    progress = _progress_bar(config, start, total) if lead else None
+    pending, results = [], {}
+    wait_time, t_log, steps_since = 0.0, time.time(), 0
+    for step in range(start + 1, total + 1):
+      t0 = time.time()
+      local = next(batches)
+      wait_time += time.time() - t0
+      state, terms = trainer.train_step(state, parallel.global_batch(local, trainer.mesh))
+      pending.append((step, terms))
+      steps_since += 1
+      report(step)
+      last = step == total
+      if step % config.train.log_every_steps == 0 or last or step == interrupt_at_step:
+        jax.block_until_ready(terms)  # time finished steps, not dispatched ones
+        elapsed = time.time() - t_log
+        _flush_metrics(pending, writer, {
+            'steps_per_sec': steps_since / elapsed,
+            'slices_per_sec': steps_since * config.train.global_batch_size / elapsed,
+            # Host time blocked on the input pipeline: an upper bound on the
+            # device's idle time, since dispatched steps may still be running.
+            'data_wait_fraction': wait_time / elapsed})
+        if progress is not None:  # after the fetch, so the bar shows finished steps
+          progress.update(steps_since)
+        wait_time, t_log, steps_since = 0.0, time.time(), 0
+      t_pause = time.time()  # evaluation and saving do not count as step time
+      if step % config.train.eval_every_steps == 0 or last:
+        _flush_metrics(pending, writer, {})
+        results = trainer.evaluate(state, 'validation', config.eval.max_examples)
+        writer.write_scalars(step, {f'validation/{k}': v for k, v in results.items()
+                                    if isinstance(v, (int, float))})
+        meta = checkpoint_meta(config, step)
+        if ckpt.is_better(results):
+          meta['ood_reference'] = evaluation.reference_recon_errors(trainer, state)
+        ckpt.save_if_best(step, state, meta, results)
+      if step % config.train.checkpoint_every_steps == 0 or last:
+        _flush_metrics(pending, writer, {})
+        ckpt.save_latest(step, state, checkpoint_meta(config, step))
+      t_log += time.time() - t_pause
+      if step == interrupt_at_step:
+        break
+    if progress is not None:
+      progress.close()
+  finally:  # also on a NaN or Ctrl-C: flush events, release files
+    writer.close()
+    ckpt.close()
   if lead and results:
     _write_json(os.path.join(workdir, 'eval_validation_last.json'), results)
   return state, results

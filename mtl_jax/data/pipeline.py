@@ -14,6 +14,7 @@ from typing import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
 from mtl_jax.data import augment as augment_lib
 from mtl_jax.data import datasets
@@ -75,6 +76,10 @@ def iterate(dataset: grain.MapDataset, start_step: int, config) -> Iterator[dict
                                    prefetch_buffer_size=max(1, config.data.prefetch))
   it_ds = dataset.slice(slice(start_step, None)).to_iter_dataset(read_options)
   if config.data.num_workers > 0:
+    # grain's worker processes read absl flags; outside an absl app they are
+    # unparsed, which grain treats as an error. Defaults are what we want.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.data.num_workers))
   return iter(it_ds)

@@ -187,26 +187,29 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   parallel.log_topology()
   trainer = Trainer(config)
   lead = jax.process_index() == 0
-  writer = writers.create_writer(os.path.join(workdir, 'tensorboard'),
-                                 just_logging=not lead)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
                                     config.train.best_metric)
   config_dict = json.loads(json.dumps(config.to_dict(), default=list))
-  if ckpt.latest_step() is not None:
-    saved, _ = checkpointing.read_meta(workdir, which='latest')
-    checkpointing.check_compatible(saved['config'], config_dict, workdir)
-    state, _ = ckpt.restore(trainer.restore_target())
-    logging.info('resumed from step %d in %s', int(state['step']), workdir)
-  else:
-    state = trainer.init(jax.random.key(config.seed))
-    if lead:
-      print(trainer.summary())
+  try:
+    if ckpt.latest_step() is not None:
+      saved, _ = checkpointing.read_meta(workdir, which='latest')
+      checkpointing.check_compatible(saved['config'], config_dict, workdir)
+      state, _ = ckpt.restore(trainer.restore_target())
+      logging.info('resumed from step %d in %s', int(state['step']), workdir)
+    else:
+      state = trainer.init(jax.random.key(config.seed))
+      if lead:
+        print(trainer.summary())
+  except BaseException:
+    ckpt.close()
+    raise
   start = int(state['step'])
   num_params = count_params(state['params'])
   logging.info('model: %s parameters, tasks %s', f'{num_params:,}', tuple(trainer.tasks))
+  writer = writers.create_writer(os.path.join(workdir, 'tensorboard'),
+                                 just_logging=not lead)
   if lead:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config_dict, f, indent=2, sort_keys=True)
+    _write_json(os.path.join(workdir, 'config.json'), config_dict)
     writer.write_hparams({'num_params': num_params, 'preset': config.preset})
 
   try:

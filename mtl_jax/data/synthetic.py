@@ -59,7 +59,7 @@ def _covid(rng, f, hu, lungs):
     lung = lungs[side]
     if not lung.any():
       continue
-    depth = ndimage.distance_transform_edt(lung).astype(np.float32) / f.px_per_unit
+    depth = f.depth(lung)
     patch = np.zeros_like(lung)
     outline = smooth_noise(rng, size, 0.035 * size)
     for _ in range(int(rng.integers(1, 4))):
@@ -80,7 +80,7 @@ def _covid(rng, f, hu, lungs):
     hu[patch] = np.maximum(ggo[patch], ggo[patch] + 0.35 * (hu[patch] - ggo[patch]))
     mask[patch] = 1
     if rng.random() < 0.6:  # consolidation: the denser core of a patch
-      inner = ndimage.distance_transform_edt(patch).astype(np.float32) / f.px_per_unit
+      inner = f.depth(patch)
       core = patch & (inner + 0.012 * outline > rng.uniform(0.02, 0.045))
       core = smooth_region(core, 0.006 * size) & patch
       cons = np.clip(rng.uniform(-60, 20) + 15 * texture, CONSOLIDATION_RANGE[0] + 15,
@@ -89,7 +89,7 @@ def _covid(rng, f, hu, lungs):
       mask[core] = 2
   if not mask.any():  # tiny lungs or images: guarantee a visible lesion
     lung = lungs[int(np.argmax(lungs.sum((1, 2))))]
-    depth = ndimage.distance_transform_edt(lung).astype(np.float32) / f.px_per_unit
+    depth = f.depth(lung)
     cu, cv = _border_seed(rng, f, lung, depth)
     patch = lung & f.disk(cu, cv, max(0.12, 3 / f.px_per_unit))
     hu[patch] = np.maximum(hu[patch], rng.uniform(-620, -420))
@@ -108,7 +108,7 @@ def _other(rng, f, hu, lungs):
       if not lung.any():
         continue
       # Dependent crescent: thickest at the lowest (posterior) part of the lung.
-      to_wall = ndimage.distance_transform_edt(lung).astype(np.float32) / f.px_per_unit
+      to_wall = f.depth(lung)
       lu = f.u[lung]
       lo, hi = np.quantile(lu, 0.35), lu.max()
       thickness = rng.uniform(0.08, 0.2)
@@ -121,7 +121,7 @@ def _other(rng, f, hu, lungs):
       hu[rim] = np.maximum(hu[rim], LUNG_HU + 120)
     return
   any_lung = lungs.any(0)
-  depth = ndimage.distance_transform_edt(any_lung).astype(np.float32) / f.px_per_unit
+  depth = f.depth(any_lung)
   count, radius = ((int(rng.integers(1, 5)), (0.03, 0.065)) if choice == 'nodules'
                    else (1, (0.09, 0.16)))
   outline = smooth_noise(rng, size, 0.02 * size)

@@ -112,6 +112,10 @@ class _Frame:
     x = self.cx - self.s * u + self.c * v
     return _to_pixels(self.size, y, x)
 
+  def depth(self, region):
+    """Distance from each pixel of `region` to its edge, in normalised units."""
+    return ndimage.distance_transform_edt(region).astype(np.float32) / self.px_per_unit
+
   def disk(self, cu, cv, r):
     return (self.u - cu) ** 2 + (self.v - cv) ** 2 < r * r
 
@@ -131,7 +135,7 @@ def _body_and_bones(rng, f, patient, z, hu):
   r = (np.abs(v / bx) ** 2.3 + np.abs(u / by) ** 2.3) ** (1 / 2.3)
   body = (r < 1.0 + _harmonics(rng, angle, 0.025)) & (u < by * 0.93)
   body = smooth_region(body, 0.01 * size)
-  depth = ndimage.distance_transform_edt(body).astype(np.float32) / f.px_per_unit
+  depth = f.depth(body)
   fat_here = patient['fat'] * (1 + 0.5 * _harmonics(rng, angle, 1.0, (1, 2, 3)))
   fat_here = np.clip(fat_here, 0.015, 0.14)
   hu[body] = FAT_HU

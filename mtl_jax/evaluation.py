@@ -8,7 +8,6 @@ examples) are computed exactly once, over every example.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -114,9 +113,6 @@ def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best
   results['step'] = int(state['step'])
   if jax.process_index() == 0:
     out = os.path.join(workdir, f'eval_{split}.json')
-    tmp = f'{out}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, out)
+    checkpointing.write_json(out, results)
     logging.info('wrote %s', out)
   return results

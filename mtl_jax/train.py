@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax import checkpointing, evaluation, models, parallel, tasks as tasks_lib
+from mtl_jax import checkpointing, config_loader, evaluation, models, parallel
+from mtl_jax import tasks as tasks_lib
 from mtl_jax import writers
 from mtl_jax.data import pipeline, preprocess
 
@@ -143,19 +144,11 @@ def count_params(params) -> int:
 
 def checkpoint_meta(config, step: int) -> dict:
   """What evaluation and prediction need to rebuild and replay the model."""
-  return {'config': json.loads(json.dumps(config.to_dict(), default=list)),
+  return {'config': json.loads(config_loader.to_json(config)),
           'preprocessing': preprocess.settings_from_config(config),
           'tasks': list(tasks_lib.enabled_tasks(config)),
           'data_iterator': {'step': int(step),
                             'sources': dict(config.data.sources)}}
-
-
-def _write_json(path: str, data: dict):
-  """Atomic: write a temporary file, then rename it over the target."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _flush_metrics(pending, writer, timing):
@@ -189,7 +182,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   lead = jax.process_index() == 0
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
                                     config.train.best_metric)
-  config_dict = json.loads(json.dumps(config.to_dict(), default=list))
+  config_dict = json.loads(config_loader.to_json(config))
   try:
     if ckpt.latest_step() is not None:
       saved, _ = checkpointing.read_meta(workdir, which='latest')
@@ -209,7 +202,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   writer = writers.create_writer(os.path.join(workdir, 'tensorboard'),
                                  just_logging=not lead)
   if lead:
-    _write_json(os.path.join(workdir, 'config.json'), config_dict)
+    checkpointing.write_json(os.path.join(workdir, 'config.json'), config_dict)
     writer.write_hparams({'num_params': num_params, 'preset': config.preset})
 
   try:
@@ -264,7 +257,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     writer.close()
     ckpt.close()
   if lead and results:
-    _write_json(os.path.join(workdir, 'eval_validation_last.json'), results)
+    checkpointing.write_json(os.path.join(workdir, 'eval_validation_last.json'), results)
   return state, results
 
 

@@ -40,6 +40,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.window_hu = (-1000.0, 400.0)
   # 'hu' (CT in Hounsfield units, windowed) or '8bit' (renderings scaled to [0, 1]).
   config.data.input_kind = 'hu'
+  # Intensity standardisation (preprocess.STANDARDIZE_MODES): 'per_source'
+  # maps each source's foreground mean/std (training split) onto the
+  # reference; prediction maps a study by its own. 'per_image' does it per slice.
+  config.data.standardize = 'none'
+  config.data.standardize_reference = (0.5, 0.27)
+  # Sample the classes of a source that has several equally often (the
+  # source keeps its weight), so no class is over-represented within a source.
+  config.data.balance_classes = False
   # Training augmentation (mtl_jax/data/augment.py), same for image and mask.
   config.data.augment = True
   config.data.flip_prob = 0.5

@@ -156,6 +156,7 @@ class Predictor:
     self.model_kind = prep.get('input_kind', 'hu')
     self.render_window = tuple(float(v) for v in prep.get('render_window_hu',
                                                           self.window))
+    self.standardization = prep.get('standardize', {'mode': 'none'})
     self.class_names = list(CLASS_NAMES[:config.model.num_classes])
     self.multi = 'seg' in self.trainer.tasks and config.model.num_seg_classes > 1
     mesh = self.trainer.mesh
@@ -185,6 +186,29 @@ class Predictor:
       warning = ('8-bit input to a model trained on HU (lung window): the '
                  "rendering's own window is unknown, results are less reliable")
     return preprocess.scale_8bit, '8-bit values / 255', warning
+
+  def _standardizer(self, study, model_input):
+    """(model input -> standardised input, description), replaying training.
+
+    'per_source' training standardised each source by its own foreground
+    statistics; a study is its own source here (up to 64 evenly spaced slices).
+    """
+    mode = self.standardization.get('mode', 'none')
+    reference = tuple(self.standardization['reference'])
+    if mode == 'per_image':
+      return (lambda x: preprocess.standardize(x, preprocess.foreground_stats(x),
+                                               reference),
+              f'each slice standardised to foreground mean/std {list(reference)}')
+    if mode != 'per_source':
+      return (lambda x: x), 'no intensity standardisation'
+    picks = np.unique(np.linspace(0, study.num_slices - 1,
+                                  min(study.num_slices, 64)).round().astype(int))
+    moments = np.sum([preprocess.foreground_moments(model_input(k)) for k in picks],
+                     axis=0)
+    stats = preprocess.stats_from_moments(*moments)
+    return (lambda x: preprocess.standardize(x, stats, reference),
+            f'study standardised from foreground mean/std {[round(v, 4) for v in stats]} '
+            f'to {list(reference)}')
 
   def _model_input(self, image01: np.ndarray) -> np.ndarray:
     padded = preprocess.square_pad(image01)
@@ -216,11 +240,14 @@ class Predictor:
     cls = np.full((num, len(self.class_names)), np.nan, np.float32)
     recon = np.full(num, np.nan, np.float64)
     h, w = shape[1], shape[0]  # display rows (Y), columns (X)
+    model_input = lambda k: self._model_input(render(study.slice(k)))
+    standardize, how = self._standardizer(study, model_input)
+    rendering = f'{rendering}; {how}'
     for start in range(0, num, self.batch_size):
       ks = range(start, min(start + self.batch_size, num))
       images = np.zeros((self.batch_size, size, size), np.float32)  # padded
       for i, k in enumerate(ks):
-        images[i] = self._model_input(render(study.slice(k)))
+        images[i] = standardize(model_input(k))
       out = self.predict_batch(images)
       for i, k in enumerate(ks):
         if 'cls_probs' in out:

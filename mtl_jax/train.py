@@ -74,8 +74,8 @@ def make_train_step(model, tasks, tx, schedule, config):
     grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    terms.update(grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(params),
+    terms.update(grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(params),
                  learning_rate=schedule(state['step']))
     new_state = dict(state, step=state['step'] + 1, params=params,
                      batch_stats=batch_stats, opt_state=opt_state)
@@ -145,7 +145,8 @@ def count_params(params) -> int:
 def checkpoint_meta(config, step: int) -> dict:
   """What evaluation and prediction need to rebuild and replay the model."""
   return {'config': json.loads(config_loader.to_json(config)),
-          'preprocessing': preprocess.settings_from_config(config),
+          'preprocessing': preprocess.settings_from_config(
+              config, pipeline.source_stats(config)),
           'tasks': list(tasks_lib.enabled_tasks(config)),
           'data_iterator': {'step': int(step),
                             'sources': dict(config.data.sources)}}

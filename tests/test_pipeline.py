@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mtl_jax.data import augment, datasets, pipeline
+from mtl_jax.data import augment, datasets, pipeline, preprocess
 
 
 class _FakeSource:
@@ -32,7 +32,8 @@ def _config(sources, batch=8, augment_on=False):
                'eval_sources': ('a',), 'augment': augment_on, 'flip_prob': 0.5,
                'rotate_deg': 10.0, 'scale_range': (0.9, 1.1), 'intensity_shift': 0.05,
                'contrast_range': (0.9, 1.1), 'elastic_prob': 0.0,
-               'num_workers': 0, 'prefetch': 2},
+               'num_workers': 0, 'prefetch': 2, 'standardize': 'none',
+               'standardize_reference': (0.5, 0.15), 'balance_classes': False},
       'train': {'global_batch_size': batch},
   })
   return config
@@ -88,6 +89,89 @@ def test_eval_batches_pad_with_invalid_examples(fake_sources):
   valid = np.concatenate([b['valid'] for b in batches])
   assert valid.sum() == 37 and valid.shape == (48,)
   assert list(batches[0]['source'][:2]) == ['src0', 'src0']
+
+
+class _RenderedSource(_FakeSource):
+  """Noisy 'CT renderings' with a black border, brightness set per source,
+  and an optional class imbalance (the first `n_covid` examples are COVID)."""
+
+  def __init__(self, tag, n, brightness, contrast, n_covid=None):
+    super().__init__(tag, n)
+    self.brightness, self.contrast, self.n_covid = brightness, contrast, n_covid
+
+  def __getitem__(self, i):
+    example = super().__getitem__(i)
+    rng = np.random.default_rng([self.tag, i])
+    image = np.zeros((self.size, self.size), np.float32)
+    image[2:-2, 2:-2] = np.clip(self.brightness + self.contrast * rng.standard_normal(
+        (self.size - 4, self.size - 4)), 0.05, 1.0)
+    example['image'] = image
+    if self.n_covid is not None:
+      label = 0 if i < self.n_covid else 1
+      example['label'] = np.int32(label)
+      example['label_set'] = np.eye(3, dtype=np.float32)[label]
+    return example
+
+
+@pytest.fixture
+def rendered_sources(monkeypatch):
+  sources = {'dark': _RenderedSource(0, 40, 0.25, 0.05, n_covid=36),
+             'bright': _RenderedSource(1, 30, 0.7, 0.12)}
+  monkeypatch.setattr(datasets, 'load_split',
+                      lambda name, split, data_dir, size: sources[name])
+
+
+def _foreground_mean_std(images):
+  values = np.asarray(images)[np.asarray(images) > preprocess.FOREGROUND]
+  return values.mean(), values.std()
+
+
+@pytest.mark.parametrize('mode', ['per_source', 'per_image'])
+def test_standardisation_maps_every_source_to_the_reference(rendered_sources, mode):
+  config = _config({'dark': 1.0, 'bright': 1.0})
+  config.data.eval_sources = ('dark', 'bright')
+  config.data.standardize = mode
+  if mode == 'per_source':
+    stats = pipeline.source_stats(config)
+    assert stats['dark'][0] == pytest.approx(0.25, abs=0.01)
+    assert stats['bright'][0] == pytest.approx(0.7, abs=0.02)
+  for name in ('dark', 'bright'):
+    batch = next(pipeline.eval_batches(config, 'validation', 16, name))
+    mean, std = _foreground_mean_std(batch['image'])
+    assert mean == pytest.approx(0.5, abs=0.01) and std == pytest.approx(0.15, abs=0.01)
+    assert np.all(batch['image'][:, 0, :] == 0)  # the black border stays black
+  train_batch = pipeline.train_dataset(config)[0]['image']
+  assert _foreground_mean_std(train_batch)[0] == pytest.approx(0.5, abs=0.03)
+
+
+def test_unknown_standardisation_mode_is_named(rendered_sources):
+  config = _config({'dark': 1.0})
+  config.data.standardize = 'zscore'
+  with pytest.raises(ValueError, match="standardize='zscore'; valid modes: none"):
+    pipeline.train_dataset(config)
+
+
+def test_class_balancing_within_a_source_keeps_source_weights(rendered_sources):
+  config = _config({'dark': 1.0, 'bright': 1.0}, batch=20)
+  counts = {}
+  for balance in (False, True):
+    config.data.balance_classes = balance
+    ds = pipeline.train_dataset(config)
+    batches = [ds[i] for i in range(60)]
+    labels = np.concatenate([b['label'] for b in batches])
+    counts[balance] = np.bincount(labels, minlength=3) / len(labels)
+  # 'dark' is 90% COVID (label 0) and 10% normal (1); 'bright' is all normal.
+  np.testing.assert_allclose(counts[False], [0.45, 0.55, 0.0], atol=0.03)
+  np.testing.assert_allclose(counts[True], [0.25, 0.75, 0.0], atol=0.03)
+
+
+def test_standardize_keeps_background_and_range():
+  image = np.zeros((8, 8), np.float32)
+  image[2:6, 2:6] = np.linspace(0.1, 0.9, 16).reshape(4, 4)
+  out = preprocess.standardize(image, preprocess.foreground_stats(image), (0.4, 0.25))
+  assert np.all(out[image <= preprocess.FOREGROUND] == 0)
+  assert out.min() >= 0 and out.max() <= 1 and out.dtype == np.float32
+  assert preprocess.stats_from_moments(0, 0.0, 0.0) == (0.5, 0.25)  # all black
 
 
 def test_augmentation_moves_image_and_mask_together():

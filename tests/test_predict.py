@@ -393,6 +393,27 @@ def test_medseg_jpg_and_csv_batch(predictor, shared_data, tmp_path):
     assert (tmp_path / 'batch' / p.stem / 'report.json').exists()
 
 
+def test_per_source_standardisation_replayed_on_a_study(predictor, monkeypatch,
+                                                        tmp_path):
+  """A model trained with per-source standardisation sees a study standardised
+  by the study's own foreground statistics, and the report says so."""
+  seen = []
+  fake = fake_threshold_model(predictor, -500)
+  monkeypatch.setattr(predictor, 'predict_batch',
+                      lambda images: seen.append(images.copy()) or fake(images))
+  monkeypatch.setattr(predictor, 'standardization',
+                      {'mode': 'per_source', 'reference': [0.5, 0.15]})
+  volume, _ = synthetic_volume(size=64, n=6)
+  path = tmp_path / 'ct.nii.gz'
+  nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 5.0, 1.0])), path)
+  rep = predict.run(None, path, tmp_path / 'out', predictor=predictor)[0]
+  images = np.concatenate(seen)[:6]
+  values = images[images > preprocess.FOREGROUND]
+  assert values.mean() == pytest.approx(0.5, abs=0.01)
+  assert values.std() == pytest.approx(0.15, abs=0.01)
+  assert 'study standardised from foreground mean/std' in rep['preprocessing']['rendering']
+
+
 def test_ood_flags_photograph_and_mr_not_synthetic_ct(predictor, tmp_path, capsys):
   vol, _ = synthetic_volume(size=64, n=4, seed=11)
   nib.save(nib.Nifti1Image(vol, np.diag([5.6, 5.6, 5.0, 1.0])), str(tmp_path / 'ct.nii.gz'))

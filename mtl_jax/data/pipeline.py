@@ -9,15 +9,17 @@ just that step (plus grain's own state, for the record).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Iterator
+import functools
+from typing import Callable, Iterator
 
 import grain
 import numpy as np
 from absl import flags
 
 from mtl_jax.data import augment as augment_lib
-from mtl_jax.data import datasets
+from mtl_jax.data import datasets, preprocess
 
 # Keys the train step consumes; strings stay on the host.
 NUMERIC_KEYS = ('image', 'mask', 'has_mask', 'label', 'label_set', 'has_label')
@@ -36,8 +38,95 @@ def _numeric(example: dict) -> dict:
   return out
 
 
-def train_dataset(config, shard: ProcessShard = ProcessShard()) -> grain.MapDataset:
-  """Infinite MapDataset of this process's local training batches."""
+@dataclasses.dataclass(frozen=True)
+class SplitSummary:
+  """What mixing and standardisation need to know about one split."""
+  moments: tuple  # foreground (count, sum, sum of squares), preprocess.foreground_moments
+  groups: dict    # label set (tuple) or None (unlabelled) -> example indices
+
+  @property
+  def stats(self) -> tuple:
+    return preprocess.stats_from_moments(*self.moments)
+
+
+def _summarize(source) -> SplitSummary:
+  moments, groups = np.zeros(3), collections.defaultdict(list)
+  for i in range(len(source)):
+    example = source[i]
+    moments += preprocess.foreground_moments(example['image'])
+    key = tuple(int(v) for v in np.asarray(example['label_set']).round()) \
+        if float(example['has_label']) > 0 else None
+    groups[key].append(i)
+  return SplitSummary((int(moments[0]), moments[1], moments[2]), dict(groups))
+
+
+@functools.lru_cache(maxsize=64)
+def _summarize_built(path: str, split: str) -> SplitSummary:
+  return _summarize(datasets.DecodedSource(path, split))
+
+
+def split_summary(source) -> SplitSummary:
+  """One pass over a split (cached per built dataset directory)."""
+  path = getattr(source, 'path', None)
+  return _summarize_built(path, source.split) if path else _summarize(source)
+
+
+def source_stats(config) -> dict:
+  """{source: [foreground mean, std]} of each training split, for 'per_source'."""
+  if config.data.standardize != 'per_source':
+    return {}
+  names = dict.fromkeys(list(config.data.sources) + list(config.data.eval_sources))
+  return {name: list(split_summary(datasets.load_split(
+      name, 'train', config.data.data_dir, config.data.image_size)).stats)
+          for name in names}
+
+
+def make_standardizer(config, stats: dict | None = None) -> Callable | None:
+  """image, source name -> standardised image; None when standardisation is off."""
+  mode, reference = config.data.standardize, tuple(config.data.standardize_reference)
+  if mode not in preprocess.STANDARDIZE_MODES:
+    raise ValueError(f'config.data.standardize={mode!r}; valid modes: '
+                     f'{", ".join(preprocess.STANDARDIZE_MODES)}')
+  if mode == 'none':
+    return None
+  if mode == 'per_image':
+    return lambda image, source: preprocess.standardize(
+        image, preprocess.foreground_stats(image), reference)
+  stats = source_stats(config) if stats is None else stats
+  return lambda image, source: preprocess.standardize(image, stats[source], reference)
+
+
+class _Subset:
+  """Some examples of a random-access source, in the given order."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, list(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[self.indices[i]]
+
+
+def _class_groups(source, balance: bool) -> list:
+  """The source whole, or one subset per label set when balancing classes.
+
+  Unlabelled examples (reconstruction only) keep a share like one class.
+  """
+  if not balance:
+    return [source]
+  groups = split_summary(source).groups
+  return [_Subset(source, groups[key]) for key in sorted(groups, key=str)] \
+      if len(groups) > 1 else [source]
+
+
+def train_dataset(config, shard: ProcessShard = ProcessShard(),
+                  stats: dict | None = None) -> grain.MapDataset:
+  """Infinite MapDataset of this process's local training batches.
+
+  `stats` is `source_stats(config)` when the caller already has it.
+  """
   names = list(config.data.sources.keys())
   weights = [float(config.data.sources[name]) for name in names]
   if not names or min(weights) <= 0:
@@ -47,15 +136,22 @@ def train_dataset(config, shard: ProcessShard = ProcessShard()) -> grain.MapData
   if global_batch % shard.count:
     raise ValueError(f'train.global_batch_size={global_batch} is not divisible '
                      f'by the number of processes ({shard.count})')
-  per_source = []
-  for i, name in enumerate(names):
+  standardizer = make_standardizer(config, stats)
+  streams, stream_weights = [], []
+  for i, (name, weight) in enumerate(zip(names, weights)):
     source = datasets.load_split(name, 'train', config.data.data_dir,
                                  config.data.image_size)
-    ds = grain.MapDataset.source(source)
-    ds = ds[shard.index::shard.count]  # shard before mixing keeps the weights
-    per_source.append(ds.shuffle(seed=config.seed + 1000 * i).repeat())
-  mixed = grain.MapDataset.mix(per_source, weights) if len(per_source) > 1 \
-      else per_source[0]
+    groups = _class_groups(source, config.data.balance_classes)
+    for j, group in enumerate(groups):
+      ds = grain.MapDataset.source(group)
+      ds = ds[shard.index::shard.count]  # shard before mixing keeps the weights
+      ds = ds.shuffle(seed=config.seed + 1000 * i + j).repeat()
+      if standardizer is not None:
+        ds = ds.map(functools.partial(_standardize, standardizer, name))
+      streams.append(ds)
+      stream_weights.append(weight / len(groups))
+  mixed = grain.MapDataset.mix(streams, stream_weights) if len(streams) > 1 \
+      else streams[0]
   augment = augment_lib.Augmenter.from_config(config.data) \
       if config.data.augment else None
 
@@ -68,6 +164,12 @@ def train_dataset(config, shard: ProcessShard = ProcessShard()) -> grain.MapData
 
   mixed = mixed.map_with_index(prepare)
   return mixed.batch(global_batch // shard.count, drop_remainder=True)
+
+
+def _standardize(standardizer, source_name, example):
+  example = dict(example)
+  example['image'] = standardizer(example['image'], source_name)
+  return example
 
 
 def iterate(dataset: grain.MapDataset, start_step: int, config) -> Iterator[dict]:
@@ -87,14 +189,16 @@ def iterate(dataset: grain.MapDataset, start_step: int, config) -> Iterator[dict
 
 def eval_batches(config, split: str, batch_size: int, source_name: str,
                  shard: ProcessShard = ProcessShard(),
-                 max_examples: int = -1) -> Iterator[dict]:
+                 max_examples: int = -1, stats: dict | None = None) -> Iterator[dict]:
   """Fixed-size batches of an evaluation split, padded with `valid` = 0.
 
   Every process yields the same number of batches (padding where its shard
   is shorter), so a sharded evaluation never waits on a missing batch.
+  Images are standardised as in training (`stats`: `source_stats(config)`).
   """
   source = datasets.load_split(source_name, split,
                                config.data.data_dir, config.data.image_size)
+  standardizer = make_standardizer(config, stats)
   total = len(source) if max_examples < 0 else min(len(source), max_examples)
   indices = np.arange(total)[shard.index::shard.count]
   per_process = -(-total // shard.count)
@@ -102,6 +206,8 @@ def eval_batches(config, split: str, batch_size: int, source_name: str,
   for b in range(num_batches):
     chunk = indices[b * batch_size:(b + 1) * batch_size]
     examples = [_with_strings(source[int(i)]) for i in chunk]
+    if standardizer is not None:
+      examples = [_standardize(standardizer, source_name, e) for e in examples]
     if not examples:  # this shard ran out: one dummy to pad from
       examples = [_with_strings(source[0])]
       examples[0]['valid'] = np.float32(0.0)

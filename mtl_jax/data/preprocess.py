@@ -15,15 +15,65 @@ def window_hu(hu, low: float = -1000.0, high: float = 400.0) -> np.ndarray:
   return (np.clip(hu, low, high) - low) / (high - low)
 
 
-def settings_from_config(config) -> dict:
-  """The preprocessing a model was trained with, as JSON for its checkpoint."""
+def settings_from_config(config, source_stats: dict | None = None) -> dict:
+  """The preprocessing a model was trained with, as JSON for its checkpoint.
+
+  `source_stats` ({source: [mean, std]}) is the table per-source
+  standardisation used; prediction standardises a study by its own statistics.
+  """
   return {
       'image_size': int(config.data.image_size),
       'input_kind': str(config.data.input_kind),
       'window_hu': [float(v) for v in config.data.window_hu],
       'input_range': [0.0, 1.0],
       'sources': {name: float(w) for name, w in config.data.sources.items()},
+      'standardize': {
+          'mode': str(config.data.standardize),
+          'reference': [float(v) for v in config.data.standardize_reference],
+          'foreground_above': FOREGROUND,
+          'source_stats': source_stats or {},
+      },
   }
+
+
+# Intensity standardisation. Each 8-bit source renders CT with its own window,
+# so a classifier can tell sources apart by brightness alone. Standardising
+# maps a group of pixels (a source, a study or one image) to a common mean and
+# spread, measured over the foreground only: padding, blanked regions and the
+# air outside the body are all near 0 and would otherwise dominate.
+STANDARDIZE_MODES = ('none', 'per_source', 'per_image')
+FOREGROUND = 0.02
+
+
+def foreground_moments(images) -> tuple:
+  """(count, sum, sum of squares) of foreground pixels, to pool over images."""
+  values = np.asarray(images, np.float64)
+  values = values[values > FOREGROUND]
+  return values.size, float(values.sum()), float(np.square(values).sum())
+
+
+def stats_from_moments(count, total, squares) -> tuple:
+  """(mean, std) from pooled moments; (0.5, 0.25) if nothing is foreground."""
+  if count == 0:
+    return 0.5, 0.25
+  mean = total / count
+  return float(mean), float(max(np.sqrt(max(squares / count - mean ** 2, 0.0)), 1e-3))
+
+
+def foreground_stats(images) -> tuple:
+  return stats_from_moments(*foreground_moments(images))
+
+
+def standardize(image, stats, reference) -> np.ndarray:
+  """Map foreground (mean, std) `stats` onto `reference`; background stays 0.
+
+  The result is clipped to [0, 1], the range every head and loss expects;
+  foreground stays above `FOREGROUND`, so it is still foreground afterwards.
+  """
+  image = np.asarray(image, np.float32)
+  (mean, std), (ref_mean, ref_std) = stats, reference
+  out = np.clip((image - mean) * (ref_std / std) + ref_mean, 2 * FOREGROUND, 1.0)
+  return np.where(image > FOREGROUND, out, np.clip(image, 0.0, 1.0)).astype(np.float32)
 
 
 # Geometry shared by every dataset builder: an input slice becomes a square

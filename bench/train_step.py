@@ -54,8 +54,8 @@ def synthetic_batch(config, batch):
 
 
 class JaxBench:
-  def __init__(self, preset, dtype):
-    config = config_loader.load_config(f'configs/default.py:{preset}')
+  def __init__(self, preset, dtype, overrides=()):
+    config = config_loader.load_config(f'configs/default.py:{preset}', list(overrides))
     config.model.compute_dtype = dtype
     config.train.global_batch_size = config.eval.batch_size = BATCH[preset]
     self.config, self.trainer = config, train.Trainer(config)
@@ -110,6 +110,8 @@ def main():
   parser.add_argument('--torch_python', default=None)
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override, e.g. --set model.conv_weight_grad=xla')
   args = parser.parse_args()
 
   peak = {d: matmul_gflops(getattr(jnp, d)) for d in args.dtypes.split(',')}
@@ -118,7 +120,7 @@ def main():
   rows = []
   for preset in args.presets.split(','):
     for dtype in args.dtypes.split(','):
-      bench = JaxBench(preset, dtype)
+      bench = JaxBench(preset, dtype, args.set)
       b = BATCH[preset]
       times = {'jax_train': [], 'jax_infer': [], 'torch_train': [], 'torch_infer': []}
       for _ in range(args.rounds):  # alternate, so machine drift hits both
@@ -130,7 +132,8 @@ def main():
                 bench.config, mode, dtype, args.steps, b)['seconds_per_step'])
       rate = {k: b / statistics.median(v) if v else None for k, v in times.items()}
       floor = peak[dtype] * 1e9 / bench.train_flops_per_slice
-      row = dict(preset=preset, dtype=dtype, params=bench.params, batch=b,
+      row = dict(preset=preset, dtype=dtype, overrides=' '.join(args.set),
+                 params=bench.params, batch=b,
                  compile_s=bench.compile_seconds,
                  gflop_per_trained_slice=bench.train_flops_per_slice / 1e9,
                  ms_per_step=1000 * statistics.median(times['jax_train']),

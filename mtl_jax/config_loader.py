@@ -118,4 +118,15 @@ def to_json(config) -> str:
 
 
 def from_dict(data: dict) -> ml_collections.ConfigDict:
+  """A config saved in a checkpoint; fields added since then take their defaults.
+
+  Only whole fields are filled in (`data.standardize`), never entries inside a
+  saved value such as `data.sources`.
+  """
+  from configs import default  # pylint: disable=g-import-not-at-top
+  data = dict(data)
+  for section, fields in default.get_config().to_dict().items():
+    if isinstance(fields, dict) and isinstance(data.get(section), dict):
+      data[section] = {**{k: v for k, v in fields.items() if k not in data[section]},
+                       **data[section]}
   return ml_collections.ConfigDict(data)

@@ -75,6 +75,18 @@ class Upsample2x(nn.Module):
     return y + bias.astype(y.dtype)
 
 
+def max_pool_2x2(x):
+  """2x2, stride-2 max pooling of (B, H, W, C) as a reshape and a max.
+
+  Same values as `nn.max_pool`; its gradient is elementwise, whereas XLA's
+  CPU gradient of `reduce_window` materialises argmax indices (iota) and a
+  scatter (bench/RESULTS.md). Ties share the gradient; after ReLU they are
+  exact zeros, whose gradient ReLU discards anyway.
+  """
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class Encoder(nn.Module):
   """Levels of ConvBlock then 2x2 max-pool; returns skips and bottleneck."""
   widths: Sequence[int]
@@ -88,7 +100,7 @@ class Encoder(nn.Module):
     for width in self.widths:
       x = ConvBlock(width, self.norm, self.dtype)(x, train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = ConvBlock(self.bottleneck, self.norm, self.dtype)(x, train)
     return skips, x
 

@@ -1,5 +1,7 @@
 """Model shapes and heads per ablation; configs, presets and overrides."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,6 +66,15 @@ def test_upsample_matmul_equals_conv_transpose():
   np.testing.assert_allclose(ours.apply({'params': params}, x),
                              reference.apply({'params': ref_params}, x),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_reshape_equals_flax_max_pool_with_gradient():
+  x = jax.random.normal(jax.random.key(4), (2, 8, 6, 3))
+  loss = lambda pool: lambda v: jnp.sum(jnp.cos(pool(v)))
+  flax_pool = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  np.testing.assert_allclose(jax.grad(loss(models.max_pool_2x2))(x),
+                             jax.grad(loss(flax_pool))(x), rtol=1e-6)
 
 
 def test_group_norm_and_uncertainty_weighting():
@@ -140,3 +151,14 @@ def test_real_data_presets_load(preset):
   assert abs(sum(config.data.sources.values()) - 1.0) < 1e-6
   with pytest.raises(config_loader.ConfigError, match='valid presets: cpu, gpu'):
     config_loader.load_config(f'{REPO}/configs/real.py:tpu')
+
+
+def test_saved_config_gains_new_fields_but_keeps_its_values():
+  """A checkpoint written before a config field existed still loads."""
+  saved = json.loads(config_loader.to_json(default.get_config('tiny')))
+  del saved['data']['standardize'], saved['data']['balance_classes']
+  saved['data']['sources'] = {'medseg_covid': 1.0}
+  config = config_loader.from_dict(saved)
+  assert config.data.standardize == 'none' and config.data.balance_classes is False
+  assert dict(config.data.sources) == {'medseg_covid': 1.0}  # not merged with defaults
+  assert tuple(config.model.widths) == tuple(saved['model']['widths'])

@@ -1,6 +1,7 @@
 """Model shapes and heads per ablation; configs, presets and overrides."""
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -162,3 +163,18 @@ def test_saved_config_gains_new_fields_but_keeps_its_values():
   assert config.data.standardize == 'none' and config.data.balance_classes is False
   assert dict(config.data.sources) == {'medseg_covid': 1.0}  # not merged with defaults
   assert tuple(config.model.widths) == tuple(saved['model']['widths'])
+
+
+def test_xla_cpu_flags_added_once_and_never_over_the_users():
+  from mtl_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  assert xla_cpu.apply(env) == list(xla_cpu.FLAGS)
+  assert env['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=8',
+                                      *xla_cpu.FLAGS]
+  assert xla_cpu.apply(env) == []  # idempotent
+  mine = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=individual_dot'}
+  assert xla_cpu.apply(mine) == [] and mine['XLA_FLAGS'].endswith('=individual_dot')
+  off = {'MTL_XLA_CPU_DEFAULTS': '0'}
+  assert xla_cpu.apply(off) == [] and 'XLA_FLAGS' not in off
+  # This test process imported mtl_jax before JAX made its backend.
+  assert all(flag in os.environ['XLA_FLAGS'] for flag in xla_cpu.FLAGS)

@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Sample the classes of a source that has several equally often (the
   # source keeps its weight), so no class is over-represented within a source.
   config.data.balance_classes = False
+  # Crop each slice to a square around its lungs (preprocess.lung_box), then
+  # resize; predict replays it and pastes the mask back.
+  config.data.lung_crop = False
   # Training augmentation (mtl_jax/data/augment.py), same for image and mask.
   config.data.augment = True
   config.data.flip_prob = 0.5

@@ -157,6 +157,7 @@ class Predictor:
     self.render_window = tuple(float(v) for v in prep.get('render_window_hu',
                                                           self.window))
     self.standardization = prep.get('standardize', {'mode': 'none'})
+    self.lung_crop = bool(prep.get('lung_crop'))
     self.class_names = list(CLASS_NAMES[:config.model.num_classes])
     self.multi = 'seg' in self.trainer.tasks and config.model.num_seg_classes > 1
     mesh = self.trainer.mesh
@@ -203,16 +204,21 @@ class Predictor:
       return (lambda x: x), 'no intensity standardisation'
     picks = np.unique(np.linspace(0, study.num_slices - 1,
                                   min(study.num_slices, 64)).round().astype(int))
-    moments = np.sum([preprocess.foreground_moments(model_input(k)) for k in picks],
+    moments = np.sum([preprocess.foreground_moments(model_input(k)[0]) for k in picks],
                      axis=0)
     stats = preprocess.stats_from_moments(*moments)
     return (lambda x: preprocess.standardize(x, stats, reference),
             f'study standardised from foreground mean/std {[round(v, 4) for v in stats]} '
             f'to {list(reference)}')
 
-  def _model_input(self, image01: np.ndarray) -> np.ndarray:
+  def _model_input(self, image01: np.ndarray) -> tuple:
+    """(model input, lung box or None): square pad, resize, lung crop if trained so."""
     padded = preprocess.square_pad(image01)
-    return np.clip(preprocess.resize_image(padded, self.image_size), 0.0, 1.0)
+    image = np.clip(preprocess.resize_image(padded, self.image_size), 0.0, 1.0)
+    box = preprocess.lung_box(image) if self.lung_crop else None
+    if box is not None:
+      image = np.clip(preprocess.crop_to_box(image, box, self.image_size), 0.0, 1.0)
+    return image, box
 
   def _back(self, seg: np.ndarray, h: int, w: int):
     """Model-space probabilities -> (lesion probability, labels) at (h, w)."""
@@ -246,8 +252,11 @@ class Predictor:
     for start in range(0, num, self.batch_size):
       ks = range(start, min(start + self.batch_size, num))
       images = np.zeros((self.batch_size, size, size), np.float32)  # padded
+      boxes = []
       for i, k in enumerate(ks):
-        images[i] = standardize(model_input(k))
+        image, box = model_input(k)
+        images[i] = standardize(image)
+        boxes.append(box)
       out = self.predict_batch(images)
       for i, k in enumerate(ks):
         if 'cls_probs' in out:
@@ -255,7 +264,11 @@ class Predictor:
         if 'recon_mse' in out:
           recon[k] = out['recon_mse'][i]
         if has_seg:
-          p, lab = self._back(np.asarray(out['seg'][i], np.float32), h, w)
+          seg = np.asarray(out['seg'][i], np.float32)
+          if boxes[i] is not None:  # the crop's probabilities back in the slice
+            fill = np.eye(seg.shape[-1])[0] if seg.ndim == 3 else 0.0  # background
+            seg = preprocess.paste_from_box(seg, boxes[i], size, fill)
+          p, lab = self._back(seg, h, w)
           study.put_slice(labels, k, lab)
           if prob is not None:
             study.put_slice(prob, k, np.round(p * 255).astype(np.uint8))

@@ -33,7 +33,8 @@ def _config(sources, batch=8, augment_on=False):
                'rotate_deg': 10.0, 'scale_range': (0.9, 1.1), 'intensity_shift': 0.05,
                'contrast_range': (0.9, 1.1), 'elastic_prob': 0.0,
                'num_workers': 0, 'prefetch': 2, 'standardize': 'none',
-               'standardize_reference': (0.5, 0.15), 'balance_classes': False},
+               'standardize_reference': (0.5, 0.15), 'balance_classes': False,
+               'lung_crop': False},
       'train': {'global_batch_size': batch},
   })
   return config
@@ -202,3 +203,24 @@ def test_intensity_jitter_touches_the_image_only():
   np.testing.assert_array_equal(out['mask'], mask)
   assert not np.allclose(out['image'], image)
   assert out['image'].min() >= 0 and out['image'].max() <= 1
+
+
+def test_lung_crop_applies_to_training_and_evaluation(monkeypatch):
+  from test_preprocess import chest_phantom  # pylint: disable=g-import-not-at-top
+  image, lesion, _ = chest_phantom(size=16 * 4)
+
+  class Phantoms(_FakeSource):
+    def __getitem__(self, i):
+      example = super().__getitem__(i)
+      example.update(image=image, mask=lesion.astype(np.int32))
+      return example
+
+  monkeypatch.setattr(datasets, 'load_split', lambda *a: Phantoms(0, 4, size=64))
+  config = _config({'a': 1.0}, batch=4)
+  config.data.image_size, config.data.lung_crop = 64, True
+  expected = pipeline.crop_to_lungs({'image': image, 'mask': lesion.astype(np.int32)})
+  train_batch = pipeline.train_dataset(config)[0]
+  eval_batch = next(pipeline.eval_batches(config, 'validation', 4, 'a'))
+  for batch in (train_batch, eval_batch):
+    np.testing.assert_allclose(batch['image'][0], expected['image'], atol=1e-6)
+    np.testing.assert_array_equal(batch['mask'][0], expected['mask'])

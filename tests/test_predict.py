@@ -414,6 +414,23 @@ def test_per_source_standardisation_replayed_on_a_study(predictor, monkeypatch,
   assert 'study standardised from foreground mean/std' in rep['preprocessing']['rendering']
 
 
+def test_lung_crop_replayed_and_mask_pasted_back(predictor, monkeypatch, tmp_path):
+  """With a lung-cropping model, a threshold 'model' gives the same mask in
+  the input's geometry as without the crop (inside the lungs' box)."""
+  monkeypatch.setattr(predictor, 'predict_batch', fake_threshold_model(predictor, -500))
+  volume, _ = synthetic_volume(size=64, n=4)
+  path = tmp_path / 'ct.nii.gz'
+  nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 5.0, 1.0])), path)
+  masks = {}
+  for crop in (False, True):
+    monkeypatch.setattr(predictor, 'lung_crop', crop)
+    predict.run(None, path, tmp_path / f'out{crop}', predictor=predictor)
+    masks[crop] = np.asarray(nib.load(tmp_path / f'out{crop}' / 'lesion_mask.nii.gz')
+                             .dataobj) > 0
+  a, b = masks[False], masks[True]
+  assert a.sum() > 100 and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
+
+
 def test_ood_flags_photograph_and_mr_not_synthetic_ct(predictor, tmp_path, capsys):
   vol, _ = synthetic_volume(size=64, n=4, seed=11)
   nib.save(nib.Nifti1Image(vol, np.diag([5.6, 5.6, 5.0, 1.0])), str(tmp_path / 'ct.nii.gz'))

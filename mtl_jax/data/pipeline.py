@@ -49,10 +49,10 @@ class SplitSummary:
     return preprocess.stats_from_moments(*self.moments)
 
 
-def _summarize(source) -> SplitSummary:
+def _summarize(source, lung_crop: bool = False) -> SplitSummary:
   moments, groups = np.zeros(3), collections.defaultdict(list)
   for i in range(len(source)):
-    example = source[i]
+    example = crop_to_lungs(source[i]) if lung_crop else source[i]
     moments += preprocess.foreground_moments(example['image'])
     key = tuple(int(v) for v in np.asarray(example['label_set']).round()) \
         if float(example['has_label']) > 0 else None
@@ -61,14 +61,15 @@ def _summarize(source) -> SplitSummary:
 
 
 @functools.lru_cache(maxsize=64)
-def _summarize_built(path: str, split: str) -> SplitSummary:
-  return _summarize(datasets.DecodedSource(path, split))
+def _summarize_built(path: str, split: str, lung_crop: bool) -> SplitSummary:
+  return _summarize(datasets.DecodedSource(path, split), lung_crop)
 
 
-def split_summary(source) -> SplitSummary:
+def split_summary(source, lung_crop: bool = False) -> SplitSummary:
   """One pass over a split (cached per built dataset directory)."""
   path = getattr(source, 'path', None)
-  return _summarize_built(path, source.split) if path else _summarize(source)
+  return _summarize_built(path, source.split, lung_crop) if path \
+      else _summarize(source, lung_crop)
 
 
 def source_stats(config) -> dict:
@@ -77,7 +78,8 @@ def source_stats(config) -> dict:
     return {}
   names = dict.fromkeys(list(config.data.sources) + list(config.data.eval_sources))
   return {name: list(split_summary(datasets.load_split(
-      name, 'train', config.data.data_dir, config.data.image_size)).stats)
+      name, 'train', config.data.data_dir, config.data.image_size),
+                                   config.data.lung_crop).stats)
           for name in names}
 
 
@@ -146,6 +148,8 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
       ds = grain.MapDataset.source(group)
       ds = ds[shard.index::shard.count]  # shard before mixing keeps the weights
       ds = ds.shuffle(seed=config.seed + 1000 * i + j).repeat()
+      if config.data.lung_crop:
+        ds = ds.map(crop_to_lungs)
       if standardizer is not None:
         ds = ds.map(functools.partial(_standardize, standardizer, name))
       streams.append(ds)
@@ -164,6 +168,19 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
 
   mixed = mixed.map_with_index(prepare)
   return mixed.batch(global_batch // shard.count, drop_remainder=True)
+
+
+def crop_to_lungs(example: dict) -> dict:
+  """Image and mask cropped to the same square around the lungs (if found)."""
+  box = preprocess.lung_box(example['image'])
+  if box is None:
+    return example
+  size = example['image'].shape[0]
+  example = dict(example)
+  example['image'] = preprocess.crop_to_box(example['image'], box, size)
+  example['mask'] = preprocess.crop_to_box(example['mask'], box, size, is_mask=True
+                                           ).astype(np.asarray(example['mask']).dtype)
+  return example
 
 
 def _standardize(standardizer, source_name, example):
@@ -206,6 +223,8 @@ def eval_batches(config, split: str, batch_size: int, source_name: str,
   for b in range(num_batches):
     chunk = indices[b * batch_size:(b + 1) * batch_size]
     examples = [_with_strings(source[int(i)]) for i in chunk]
+    if config.data.lung_crop:
+      examples = [crop_to_lungs(e) for e in examples]
     if standardizer is not None:
       examples = [_standardize(standardizer, source_name, e) for e in examples]
     if not examples:  # this shard ran out: one dummy to pad from

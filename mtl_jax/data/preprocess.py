@@ -27,6 +27,9 @@ def settings_from_config(config, source_stats: dict | None = None) -> dict:
       'window_hu': [float(v) for v in config.data.window_hu],
       'input_range': [0.0, 1.0],
       'sources': {name: float(w) for name, w in config.data.sources.items()},
+      'lung_crop': ({'margin': LUNG_CROP_MARGIN, 'method': 'square around dark '
+                     'regions enclosed by the body (Otsu), per slice'}
+                    if config.data.lung_crop else None),
       'standardize': {
           'mode': str(config.data.standardize),
           'reference': [float(v) for v in config.data.standardize_reference],
@@ -116,3 +119,81 @@ def resize_mask(mask, size: int) -> np.ndarray:
     return mask.copy()
   return np.asarray(Image.fromarray(mask).resize((size, size),
                                                  Image.Resampling.NEAREST))
+
+
+# Lung crop. Sources frame the chest differently (whole body with table, tight
+# crops, paper screenshots); cropping each slice to a square around its lungs
+# and resizing shows the model the lungs at one scale. The box is found on the
+# [0, 1] slice itself, so it works for HU windows and 8-bit renderings alike.
+LUNG_CROP_MARGIN = 0.05  # of the slice side, added around the lungs' box
+_MIN_LUNG_FRACTION = 0.03
+
+
+def _otsu(values: np.ndarray) -> float:
+  """Otsu's threshold of values in [0, 1] (256 bins)."""
+  hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+  centers = (edges[:-1] + edges[1:]) / 2
+  weight = np.cumsum(hist)
+  mean = np.cumsum(hist * centers)
+  total, total_mean = weight[-1], mean[-1]
+  with np.errstate(divide='ignore', invalid='ignore'):
+    between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
+  return float(centers[np.nanargmax(between[:-1])])
+
+
+def lung_box(image01) -> tuple | None:
+  """(top, left, side): a square around the lungs of a [0, 1] slice, or None.
+
+  Dark regions (below Otsu's threshold) enclosed by the largest bright
+  component (the body), not touching the border, are the lungs. A slice whose
+  outside is blanked (only the lungs shown) has no enclosing body: there the
+  foreground itself is the box. None: nothing found, use the slice whole.
+  """
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  image = ndimage.uniform_filter(np.asarray(image01, np.float32), 3)
+  size = image.shape[0]
+  foreground = image > FOREGROUND
+  if foreground.mean() < _MIN_LUNG_FRACTION:
+    return None
+  bright = image > _otsu(image[foreground])
+  labels, count = ndimage.label(bright)
+  if count == 0:
+    return None
+  body = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+  dark = ndimage.binary_fill_holes(body) & ~bright
+  labels, count = ndimage.label(dark)
+  border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+  lungs = np.isin(labels, np.setdiff1d(np.arange(1, count + 1), border))
+  region = lungs if lungs.mean() >= _MIN_LUNG_FRACTION else foreground
+  rows, cols = np.nonzero(region)
+  if rows.size == 0:
+    return None
+  margin = LUNG_CROP_MARGIN * size
+  side = int(np.ceil(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 + 2 * margin))
+  side = min(max(side, size // 4), size)
+  center_r, center_c = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+  top = int(np.clip(round(center_r - side / 2), 0, size - side))
+  left = int(np.clip(round(center_c - side / 2), 0, size - side))
+  return top, left, side
+
+
+def crop_to_box(image, box, size: int, is_mask: bool = False) -> np.ndarray:
+  """The box's content resized to (size, size); masks nearest-neighbour."""
+  top, left, side = box
+  patch = np.asarray(image)[top:top + side, left:left + side]
+  return resize_mask(patch, size) if is_mask else resize_image(patch, size)
+
+
+def paste_from_box(patch, box, size: int, fill=0.0) -> np.ndarray:
+  """Inverse of `crop_to_box` for a probability map (H, W) or (H, W, C).
+
+  Outside the box gets `fill` (per channel for (H, W, C): e.g. one-hot
+  background for softmax probabilities).
+  """
+  top, left, side = box
+  canvas = np.zeros((size, size) + np.shape(patch)[2:], np.float32)
+  canvas[...] = fill
+  chans = np.asarray(patch, np.float32).reshape(patch.shape[0], patch.shape[1], -1)
+  back = np.stack([resize_image(chans[..., c], side) for c in range(chans.shape[-1])], -1)
+  canvas.reshape(size, size, -1)[top:top + side, left:left + side] = back
+  return canvas

@@ -48,13 +48,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax import checkpointing, config_loader, lungs, parallel, report, volume_io
-from mtl_jax.data import preprocess
+from mtl_jax import (checkpointing, config_loader, lungs, parallel, replay, report,
+                     volume_io)
 from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
 
 AGG_FRACTION = 0.10
 LUNG_SLICE_FRACTION = 0.005
-LESION_THRESHOLD = 0.5
+LESION_THRESHOLD = replay.LESION_THRESHOLD
 AGGREGATION = ('mean of the class-probability vectors of the k eligible slices with '
                'the highest P(covid19), k = ceil(0.10 x eligible slices) (at least '
                '1); eligible = slices with >= 0.5% of their area in the lung mask '
@@ -150,14 +150,8 @@ class Predictor:
     self.step = int(state['step'])
     self.variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
     del state  # the optimizer state is not needed
-    prep = self.meta['preprocessing']
-    self.image_size = int(prep['image_size'])
-    self.window = tuple(float(v) for v in prep['window_hu'])
-    self.model_kind = prep.get('input_kind', 'hu')
-    self.render_window = tuple(float(v) for v in prep.get('render_window_hu',
-                                                          self.window))
-    self.standardization = prep.get('standardize', {'mode': 'none'})
-    self.lung_crop = bool(prep.get('lung_crop'))
+    self.replay = replay.InputReplay(self.meta['preprocessing'])
+    self.image_size, self.window = self.replay.image_size, self.replay.window
     self.class_names = list(CLASS_NAMES[:config.model.num_classes])
     self.multi = 'seg' in self.trainer.tasks and config.model.num_seg_classes > 1
     mesh = self.trainer.mesh
@@ -171,74 +165,12 @@ class Predictor:
     batch = parallel.global_batch({'image': images}, self.trainer.mesh)['image']
     return parallel.to_host(self._apply(self.variables, batch))
 
-  def _renderer(self, intensity: str):
-    """(slice -> [0, 1] image, description, warning or None)."""
-    if intensity == 'hu' and self.model_kind == 'hu':
-      return (lambda s: preprocess.window_hu(s, *self.window),
-              f'HU clipped to the window {list(self.window)} and scaled to [0, 1]', None)
-    if intensity == 'hu':
-      w = self.render_window
-      return (lambda s: np.round(preprocess.window_hu(s, *w) * 255.0) / 255.0,
-              f'HU rendered as an 8-bit image with the lung window {list(w)} HU '
-              '(the model was trained on 8-bit renderings), then scaled to [0, 1]',
-              None)
-    warning = None
-    if self.model_kind == 'hu':
-      warning = ('8-bit input to a model trained on HU (lung window): the '
-                 "rendering's own window is unknown, results are less reliable")
-    return preprocess.scale_8bit, '8-bit values / 255', warning
-
-  def _standardizer(self, study, model_input):
-    """(model input -> standardised input, description), replaying training.
-
-    'per_source' training standardised each source by its own foreground
-    statistics; a study is its own source here (up to 64 evenly spaced slices).
-    """
-    mode = self.standardization.get('mode', 'none')
-    reference = tuple(self.standardization['reference'])
-    if mode == 'per_image':
-      return (lambda x: preprocess.standardize(x, preprocess.foreground_stats(x),
-                                               reference),
-              f'each slice standardised to foreground mean/std {list(reference)}')
-    if mode != 'per_source':
-      return (lambda x: x), 'no intensity standardisation'
-    picks = np.unique(np.linspace(0, study.num_slices - 1,
-                                  min(study.num_slices, 64)).round().astype(int))
-    moments = np.sum([preprocess.foreground_moments(model_input(k)[0]) for k in picks],
-                     axis=0)
-    stats = preprocess.stats_from_moments(*moments)
-    return (lambda x: preprocess.standardize(x, stats, reference),
-            f'study standardised from foreground mean/std {[round(v, 4) for v in stats]} '
-            f'to {list(reference)}')
-
-  def _model_input(self, image01: np.ndarray) -> tuple:
-    """(model input, lung box or None): square pad, resize, lung crop if trained so."""
-    padded = preprocess.square_pad(image01)
-    image = np.clip(preprocess.resize_image(padded, self.image_size), 0.0, 1.0)
-    box = preprocess.lung_box(image) if self.lung_crop else None
-    if box is not None:
-      image = np.clip(preprocess.crop_to_box(image, box, self.image_size), 0.0, 1.0)
-    return image, box
-
-  def _back(self, seg: np.ndarray, h: int, w: int):
-    """Model-space probabilities -> (lesion probability, labels) at (h, w)."""
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    chans = seg[..., None] if seg.ndim == 2 else seg
-    up = np.stack([preprocess.resize_image(chans[..., c], side)[top:top + h,
-                                                                left:left + w]
-                   for c in range(chans.shape[-1])], axis=-1)
-    if seg.ndim == 2:
-      prob = up[..., 0]
-      return prob, (prob > LESION_THRESHOLD).astype(np.uint8)
-    return 1.0 - up[..., 0], np.argmax(up, axis=-1).astype(np.uint8)
-
   def predict_study(self, study: volume_io.Study, dest, save_probability=False,
                     reference_mask=None) -> dict:
     """Run the model over every slice, write outputs into `dest`, return the report."""
     dest = pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    render, rendering, render_warning = self._renderer(study.intensity)
+    render, rendering, render_warning = self.replay.renderer(study.intensity)
     shape, num, size = study.volume.shape, study.num_slices, self.image_size
     has_seg = 'seg' in self.trainer.tasks
     labels = np.zeros(shape, np.uint8) if has_seg else None
@@ -246,8 +178,8 @@ class Predictor:
     cls = np.full((num, len(self.class_names)), np.nan, np.float32)
     recon = np.full(num, np.nan, np.float64)
     h, w = shape[1], shape[0]  # display rows (Y), columns (X)
-    model_input = lambda k: self._model_input(render(study.slice(k)))
-    standardize, how = self._standardizer(study, model_input)
+    model_input = lambda k: self.replay.model_input(render(study.slice(k)))
+    standardize, how = self.replay.standardizer(study, model_input)
     rendering = f'{rendering}; {how}'
     for start in range(0, num, self.batch_size):
       ks = range(start, min(start + self.batch_size, num))
@@ -265,10 +197,7 @@ class Predictor:
           recon[k] = out['recon_mse'][i]
         if has_seg:
           seg = np.asarray(out['seg'][i], np.float32)
-          if boxes[i] is not None:  # the crop's probabilities back in the slice
-            fill = np.eye(seg.shape[-1])[0] if seg.ndim == 3 else 0.0  # background
-            seg = preprocess.paste_from_box(seg, boxes[i], size, fill)
-          p, lab = self._back(seg, h, w)
+          p, lab = self.replay.back(seg, boxes[i], h, w)
           study.put_slice(labels, k, lab)
           if prob is not None:
             study.put_slice(prob, k, np.round(p * 255).astype(np.uint8))
@@ -362,7 +291,7 @@ class Predictor:
                        'tasks': list(self.trainer.tasks)},
         'preprocessing': {
             'image_size': self.image_size, 'window_hu': list(self.window),
-            'model_input_kind': self.model_kind, 'rendering': rendering,
+            'model_input_kind': self.replay.model_kind, 'rendering': rendering,
             'resize': 'square pad (0), bilinear to image_size, clip to [0, 1]; '
                       'back: bilinear on probabilities, crop, threshold',
             'slice_order': 'axial slices of the closest canonical RAS orientation, '

@@ -401,7 +401,7 @@ def test_per_source_standardisation_replayed_on_a_study(predictor, monkeypatch,
   fake = fake_threshold_model(predictor, -500)
   monkeypatch.setattr(predictor, 'predict_batch',
                       lambda images: seen.append(images.copy()) or fake(images))
-  monkeypatch.setattr(predictor, 'standardization',
+  monkeypatch.setattr(predictor.replay, 'standardization',
                       {'mode': 'per_source', 'reference': [0.5, 0.15]})
   volume, _ = synthetic_volume(size=64, n=6)
   path = tmp_path / 'ct.nii.gz'
@@ -423,7 +423,7 @@ def test_lung_crop_replayed_and_mask_pasted_back(predictor, monkeypatch, tmp_pat
   nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 5.0, 1.0])), path)
   masks = {}
   for crop in (False, True):
-    monkeypatch.setattr(predictor, 'lung_crop', crop)
+    monkeypatch.setattr(predictor.replay, 'lung_crop', crop)
     predict.run(None, path, tmp_path / f'out{crop}', predictor=predictor)
     masks[crop] = np.asarray(nib.load(tmp_path / f'out{crop}' / 'lesion_mask.nii.gz')
                              .dataobj) > 0

@@ -41,6 +41,15 @@ def _summarize(trainer, accumulators) -> dict:
       num_resamples=max(config.eval.bootstrap_resamples, 1))
 
 
+def scalars(results: dict, prefix: str) -> dict:
+  """Numeric metrics, each source's under `prefix/by_source/NAME/`, for a writer."""
+  out = {f'{prefix}/{k}': v for k, v in results.items()
+         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  for name, per_source in results.get('by_source', {}).items():
+    out.update(scalars(per_source, f'{prefix}/by_source/{name}'))
+  return out
+
+
 def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dict:
   """Metrics pooled over every eval source, and each source's own under `by_source`.
 
@@ -96,7 +105,8 @@ def _host_batch(local: dict) -> dict:
 
 def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best',
                      overrides: list[str] | None = None) -> dict:
-  """Restore a workdir's best checkpoint, evaluate `split`, write eval_<split>.json."""
+  """Restore a workdir's best (or latest) checkpoint, evaluate `split`, write
+  eval_<split>.json (eval_<split>_latest.json for the latest)."""
   from mtl_jax import train  # pylint: disable=g-import-not-at-top  (cycle)
   meta, path = checkpointing.read_meta(workdir, which)
   config = config_loader.from_dict(meta['config'])
@@ -112,7 +122,7 @@ def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best
   results['checkpoint'] = os.path.abspath(path)
   results['step'] = int(state['step'])
   if jax.process_index() == 0:
-    out = os.path.join(workdir, f'eval_{split}.json')
+    out = os.path.join(workdir, f'eval_{split}{"_latest" if which == "latest" else ""}.json')
     checkpointing.write_json(out, results)
     logging.info('wrote %s', out)
   return results

@@ -165,16 +165,24 @@ def test_saved_config_gains_new_fields_but_keeps_its_values():
   assert tuple(config.model.widths) == tuple(saved['model']['widths'])
 
 
-def test_xla_cpu_flags_added_once_and_never_over_the_users():
-  from mtl_jax import xla_cpu  # pylint: disable=g-import-not-at-top
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-  assert xla_cpu.apply(env) == list(xla_cpu.FLAGS)
-  assert env['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=8',
-                                      *xla_cpu.FLAGS]
-  assert xla_cpu.apply(env) == []  # idempotent
+def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():
+  from mtl_jax import train, xla_cpu  # pylint: disable=g-import-not-at-top
+  assert xla_cpu.train_compiler_options({}, 'cpu') == xla_cpu.TRAIN_OPTIONS
+  assert xla_cpu.train_compiler_options({}, 'gpu') == {}
+  assert xla_cpu.train_compiler_options({'MTL_XLA_CPU_DEFAULTS': '0'}, 'cpu') == {}
   mine = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=individual_dot'}
-  assert xla_cpu.apply(mine) == [] and mine['XLA_FLAGS'].endswith('=individual_dot')
-  off = {'MTL_XLA_CPU_DEFAULTS': '0'}
-  assert xla_cpu.apply(off) == [] and 'XLA_FLAGS' not in off
-  # This test process imported mtl_jax before JAX made its backend.
-  assert all(flag in os.environ['XLA_FLAGS'] for flag in xla_cpu.FLAGS)
+  assert xla_cpu.train_compiler_options(mine, 'cpu') == {}
+  # The train step compiles with them: its convolutions are not YNNPACK fusions,
+  # the eval step's are.
+  config = default.get_config('tiny')
+  config.train.global_batch_size = config.eval.batch_size = 8
+  trainer = train.Trainer(config)
+  state = trainer.init(jax.random.key(0))
+  size = config.data.image_size
+  batch = {'image': np.zeros((8, size, size), np.float32),
+           'mask': np.zeros((8, size, size), np.int32), 'has_mask': np.ones(8, np.float32),
+           'label': np.zeros(8, np.int32), 'label_set': np.eye(3, dtype=np.float32)[[0] * 8],
+           'has_label': np.ones(8, np.float32), 'valid': np.ones(8, np.float32)}
+  train_hlo = trainer.train_step.lower(state, batch).compile().as_text()
+  eval_hlo = trainer.eval_step.lower(state, batch).compile().as_text()
+  assert ' convolution(' in train_hlo and 'ynn_fusion' in eval_hlo

@@ -165,3 +165,12 @@ def test_bf16_compute_keeps_f32_params_and_close_loss(tiny_config):
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(state['params']))
     losses[dtype] = float(terms['loss'])
   assert losses['bfloat16'] == pytest.approx(losses['float32'], rel=0.03)
+
+
+def test_per_source_metrics_become_tensorboard_scalars():
+  results = {'dice': 0.7, 'split': 'validation', 'num_examples': 5, 'auc_covid': None,
+             'by_source': {'covid_ct': {'auc_covid': 0.8, 'dice': None, 'accuracy': 0.9}}}
+  assert evaluation.scalars(results, 'validation') == {
+      'validation/dice': 0.7, 'validation/num_examples': 5,
+      'validation/by_source/covid_ct/auc_covid': 0.8,
+      'validation/by_source/covid_ct/accuracy': 0.9}

@@ -57,7 +57,7 @@ def test_save_restore_gives_identical_evaluation(tiny_config, tmp_path):
   restored = evaluation.evaluate_workdir(workdir, 'validation', which='latest')
   for key in ('dice', 'accuracy', 'auc_covid', 'recon_mse', 'confusion_matrix'):
     assert restored[key] == in_training[key], key
-  written = json.loads((tmp_path / 'eval_validation.json').read_text())
+  written = json.loads((tmp_path / 'eval_validation_latest.json').read_text())
   assert written['dice'] == restored['dice']
   meta, _ = checkpointing.read_meta(workdir)
   assert meta['preprocessing']['window_hu'] == list(tiny_config.data.window_hu)

@@ -27,7 +27,7 @@ def _run(trainer, state, split, source_name, max_examples, accumulator_sets):
                                      shard, max_examples):
     predictions = parallel.to_host(
         trainer.eval_step(state, parallel.global_batch(local, trainer.mesh)))
-    host_batch = _host_batch(local)
+    host_batch = _host_batch(local, source_name)
     for accumulators in accumulator_sets:
       for name, accumulator in accumulators.items():
         trainer.tasks[name].update(accumulator, predictions, host_batch)
@@ -95,12 +95,18 @@ def reference_recon_errors(trainer, state, num_examples: int = 256) -> dict | No
           'percentiles': [float(v) for v in np.percentile(errors, np.arange(101))]}
 
 
-def _host_batch(local: dict) -> dict:
-  """The batch as every host sees it (gathered across processes if several)."""
+def _host_batch(local: dict, source_name: str) -> dict:
+  """The batch as every host sees it (gathered across processes if several).
+
+  Strings cannot be all-gathered; every example of this batch comes from
+  `source_name`, so the gathered batch gets that name back.
+  """
   if jax.process_count() == 1:
     return local
   numeric = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in 'biuf'}
-  return parallel.to_host(numeric)
+  gathered = parallel.to_host(numeric)
+  gathered['source'] = np.full(len(gathered['valid']), source_name)
+  return gathered
 
 
 def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best',

@@ -3,7 +3,8 @@
   python tests/multiprocess_worker.py ACTION OUT_JSON WORKDIR DATA_DIR PORT NPROC PID DEVICES
 
 ACTION: `train` runs two train steps on a fixed global batch (each process
-feeding its slice), saves a checkpoint and writes the losses; `restore`
+feeding its slice), saves a checkpoint, evaluates the validation split (each
+process reading its shard) and writes the losses and metrics; `restore`
 restores the latest checkpoint and writes its parameter checksum.
 """
 
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_jax import checkpointing, config_loader, distributed, parallel, train  # noqa: E402
+from mtl_jax import checkpointing, config_loader, distributed, evaluation, parallel, train  # noqa: E402
 from mtl_jax.data import pipeline  # noqa: E402
 
 nproc, pid = int(nproc), int(pid)
@@ -49,7 +50,10 @@ if action == 'train':
     state, terms = trainer.train_step(state, parallel.global_batch(local, trainer.mesh))
     losses.append(float(parallel.to_host(terms)['loss']))
   ckpt.save_latest(2, state, train.checkpoint_meta(config, 2))
-  result = {'losses': losses, 'checksum': checksum(state)}
+  scores = evaluation.evaluate(trainer, state, 'validation')
+  result = {'losses': losses, 'checksum': checksum(state),
+            'eval': {k: scores[k] for k in ('dice', 'accuracy', 'auc_covid', 'recon_mse',
+                                            'confusion_matrix')}}
 else:
   state, _ = ckpt.restore(trainer.restore_target())
   result = {'step': int(parallel.to_host(state['step'])), 'checksum': checksum(state)}

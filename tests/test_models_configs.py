@@ -186,3 +186,34 @@ def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():
   train_hlo = trainer.train_step.lower(state, batch).compile().as_text()
   eval_hlo = trainer.eval_step.lower(state, batch).compile().as_text()
   assert ' convolution(' in train_hlo and 'ynn_fusion' in eval_hlo
+
+
+def test_train_step_compiler_options_do_not_change_what_is_learned(monkeypatch):
+  """Eigen and YNNPACK convolutions are the same maths: three steps on the
+  same batches give the same losses and parameters (float tolerance), so the
+  faster variant trains to the same quality."""
+  from mtl_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  config = default.get_config('tiny')
+  config.train.global_batch_size = 8
+  rng = np.random.default_rng(0)
+  size = config.data.image_size
+  batches = [{'image': rng.random((8, size, size), np.float32),
+              'mask': (rng.random((8, size, size)) > 0.7).astype(np.int32),
+              'has_mask': np.ones(8, np.float32), 'label': rng.integers(0, 3, 8).astype(np.int32),
+              'label_set': np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)],
+              'has_label': np.ones(8, np.float32), 'valid': np.ones(8, np.float32)}
+             for _ in range(3)]
+  runs = []
+  for defaults in ('1', '0'):
+    monkeypatch.setenv('MTL_XLA_CPU_DEFAULTS', defaults)
+    trainer = train.Trainer(config)
+    state = trainer.init(jax.random.key(0))
+    losses = []
+    for batch in batches:
+      state, terms = trainer.train_step(state, parallel.global_batch(batch, trainer.mesh))
+      losses.append(float(terms['loss']))
+    runs.append((losses, jax.device_get(state['params'])))
+  (loss_eigen, params_eigen), (loss_ynn, params_ynn) = runs
+  np.testing.assert_allclose(loss_eigen, loss_ynn, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(params_eigen), jax.tree.leaves(params_ynn)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -51,6 +51,12 @@ def test_two_processes_agree_and_match_one_process(two_by_four, synthetic_data_d
   assert codes == [0], logs[0][-2000:]
   assert single['losses'] == pytest.approx(results[0]['losses'], rel=1e-5)
   assert single['checksum'] == pytest.approx(results[0]['checksum'], rel=1e-5)
+  # Sharded evaluation: every process holds the same metrics, gathered once
+  # (the confusion matrix counts each validation example exactly once).
+  assert results[0]['eval'] == results[1]['eval']
+  assert results[0]['eval']['confusion_matrix'] == single['eval']['confusion_matrix']
+  for key in ('dice', 'accuracy', 'auc_covid', 'recon_mse'):
+    assert results[0]['eval'][key] == pytest.approx(single['eval'][key], rel=1e-4), key
 
 
 def test_save_on_two_restore_on_one_and_back(two_by_four, synthetic_data_dir):

@@ -92,10 +92,10 @@ def main():
   total = sum(by_kind.values())
   print(f'{args.preset} {args.dtype}: {args.steps} steps traced in {wall:.2f} s; '
         f'op time summed over threads {total / 1000:.2f} s')
-  print(f'\n| op kind | ms/step | share of op time |\n|---|---|---|')
+  print('\n| op kind | ms/step | share of op time |\n|---|---|---|')
   for kind, ms in by_kind.most_common():
     print(f'| {kind} | {ms / args.steps:.0f} | {ms / total:.1%} |')
-  print(f'\n| top op | output | ms/step | share |\n|---|---|---|---|')
+  print('\n| top op | output | ms/step | share |\n|---|---|---|---|')
   for name, ms in by_op.most_common(args.top):
     print(f'| {name} | {shapes.get(name, "")} | {ms / args.steps:.0f} | {ms / total:.1%} |')
 

@@ -27,14 +27,6 @@ class CheckpointError(RuntimeError):
   """A workdir without a usable checkpoint, or one from another model."""
 
 
-def write_json(path: str, data: dict):
-  """Write JSON atomically: a temporary file renamed over the target."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _manager(directory, options):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 

@@ -14,7 +14,7 @@ import os
 import jax
 import numpy as np
 
-from mtl_jax import checkpointing, config_loader, metrics, parallel
+from mtl_jax import checkpointing, config_loader, jsonio, metrics_summary, parallel
 from mtl_jax.data import pipeline
 
 
@@ -35,7 +35,7 @@ def _run(trainer, state, split, source_name, max_examples, accumulator_sets):
 
 def _summarize(trainer, accumulators) -> dict:
   config = trainer.config
-  return metrics.summarize(
+  return metrics_summary.summarize(
       accumulators.get('seg'), accumulators.get('cls'), accumulators.get('recon'),
       bootstrap=config.eval.bootstrap_resamples > 0,
       num_resamples=max(config.eval.bootstrap_resamples, 1))
@@ -129,6 +129,6 @@ def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best
   results['step'] = int(state['step'])
   if jax.process_index() == 0:
     out = os.path.join(workdir, f'eval_{split}{"_latest" if which == "latest" else ""}.json')
-    checkpointing.write_json(out, results)
+    jsonio.write_json(out, results, sort_keys=True)
     logging.info('wrote %s', out)
   return results

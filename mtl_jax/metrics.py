@@ -1,5 +1,5 @@
 """Evaluation metrics on host numpy arrays (no jax): segmentation, classification,
-reconstruction, bootstrap confidence intervals.
+reconstruction (confidence intervals and the JSON summary: metrics_summary).
 
 Accumulators pool over a whole split, so metrics that are not averages of
 batch values (pooled Dice, ROC AUC) are computed once over every example.
@@ -15,14 +15,14 @@ Conventions (callers rely on these):
 * "Pooled" means counts summed over all pixels of all images, then one ratio;
   "per image" means one ratio per image, then the mean. Pooled Dice weights
   large lesions more; per-image Dice weights every image equally.
-* `result()` dicts may hold float('nan'); `summarize` turns nan into None so
-  its output is strict JSON.
+* `result()` dicts may hold float('nan'); `metrics_summary.summarize` turns
+  nan into None so its output is strict JSON.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage, stats
@@ -54,7 +54,7 @@ def binary_counts(pred, target, *, label: int | None = None) -> tuple[int, int, 
   return tp, fp, fn, int(p.size) - tp - fp - fn
 
 
-def _dice_from(tp, fp, fn) -> float:
+def dice_from_counts(tp, fp, fn) -> float:
   denom = 2 * tp + fp + fn
   return 1.0 if denom == 0 else 2.0 * tp / denom
 
@@ -71,7 +71,7 @@ def _ratio(num, denom) -> float:
 def dice(pred, target, *, label: int | None = None) -> float:
   """2|P∩T| / (|P|+|T|); 1.0 when both are empty."""
   tp, fp, fn, _ = binary_counts(pred, target, label=label)
-  return _dice_from(tp, fp, fn)
+  return dice_from_counts(tp, fp, fn)
 
 
 def iou(pred, target, *, label: int | None = None) -> float:
@@ -189,7 +189,7 @@ class SegmentationAccumulator:
 
   @property
   def per_image_dice(self) -> np.ndarray:
-    return np.array([_dice_from(*c[:3]) for c in self.per_image_counts], float)
+    return np.array([dice_from_counts(*c[:3]) for c in self.per_image_counts], float)
 
   @property
   def per_image_iou(self) -> np.ndarray:
@@ -209,7 +209,7 @@ class SegmentationAccumulator:
       hd = self.per_image_hd95
       finite = hd[np.isfinite(hd)]
       out.update(
-          dice=_dice_from(tp, fp, fn), iou=_iou_from(tp, fp, fn),
+          dice=dice_from_counts(tp, fp, fn), iou=_iou_from(tp, fp, fn),
           sensitivity=_ratio(tp, tp + fn), specificity=_ratio(tn, tn + fp),
           dice_per_image_mean=float(self.per_image_dice.mean()),
           iou_per_image_mean=float(self.per_image_iou.mean()),
@@ -220,7 +220,7 @@ class SegmentationAccumulator:
                  dice_per_image_mean=nan, iou_per_image_mean=nan, hd95=nan,
                  hd95_num_skipped=0)
     for k in range(1, self.num_classes):
-      out[f'dice_class_{k}'] = (_dice_from(*self._class_counts[k - 1]) if n
+      out[f'dice_class_{k}'] = (dice_from_counts(*self._class_counts[k - 1]) if n
                                 else nan)
     return out
 
@@ -369,104 +369,3 @@ class ReconstructionAccumulator:
       psnr = np.minimum(10.0 * np.log10(1.0 / mse), PSNR_CAP_DB)
     return {'recon_mse': float(mse.mean()), 'recon_psnr': float(psnr.mean()),
             'num_recon_examples': int(mse.size)}
-
-
-# -------------------------------------------------------------------- bootstrap
-def bootstrap_ci(values_fn: Callable[[np.ndarray], float], n: int,
-                 num_resamples: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-  """Percentile bootstrap (1 - alpha) interval of a statistic over n examples.
-
-  Each resample draws n example indices with replacement from a seeded
-  Generator and calls values_fn(indices). Non-finite values (e.g. an AUC of a
-  resample with one class) are dropped; (nan, nan) if none are left.
-  """
-  if n <= 0 or num_resamples <= 0:
-    return math.nan, math.nan
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(num_resamples):
-    v = float(values_fn(rng.integers(0, n, size=n)))
-    if math.isfinite(v):
-      values.append(v)
-  if not values:
-    return math.nan, math.nan
-  low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-  return float(low), float(high)
-
-
-def bootstrap_dice_ci(per_image_dice, **kwargs) -> tuple[float, float]:
-  """CI of the *mean per-image* Dice."""
-  d = np.asarray(per_image_dice, np.float64)
-  return bootstrap_ci(lambda i: d[i].mean(), d.size, **kwargs)
-
-
-def bootstrap_pooled_dice_ci(per_image_counts, **kwargs) -> tuple[float, float]:
-  """CI of the *pooled* Dice: resample images, pool their (TP, FP, FN, TN)."""
-  c = np.asarray(per_image_counts, np.int64)
-
-  def pooled(i):
-    tp, fp, fn = c[i, :3].sum(axis=0)
-    return _dice_from(tp, fp, fn)
-  return bootstrap_ci(pooled, c.shape[0], **kwargs)
-
-
-def bootstrap_auc_ci(scores, positives, **kwargs) -> tuple[float, float]:
-  """CI of the binary ROC AUC; one-class resamples are skipped."""
-  s = np.asarray(scores, np.float64).reshape(-1)
-  y = np.asarray(positives).reshape(-1).astype(bool)
-  return bootstrap_ci(lambda i: roc_auc(s[i], y[i]), s.size, **kwargs)
-
-
-# -------------------------------------------------------------------- summarize
-def _jsonable(v):
-  """Python scalars/lists/dicts only; nan and inf become None."""
-  if isinstance(v, dict):
-    return {str(k): _jsonable(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple, np.ndarray)):
-    return [_jsonable(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
-  if isinstance(v, (bool, np.bool_)):
-    return bool(v)
-  if isinstance(v, (int, np.integer)):
-    return int(v)
-  if isinstance(v, (float, np.floating)):
-    return float(v) if math.isfinite(v) else None
-  return v
-
-
-def summarize(seg: SegmentationAccumulator | None = None,
-              cls: ClassificationAccumulator | None = None,
-              rec: ReconstructionAccumulator | None = None,
-              bootstrap: bool = True, num_resamples: int = 1000,
-              seed: int = 0) -> dict:
-  """One flat, strict-JSON dict of every given accumulator's results.
-
-  With bootstrap: `dice_ci95` (pooled Dice, matching `dice`),
-  `dice_per_image_mean_ci95` and `auc_covid_ci95`, each [low, high], present
-  only when computable. nan values become None.
-  """
-  out, counts = {}, []
-  if seg is not None:
-    r = seg.result()
-    out.update(r)
-    counts.append(r['num_seg_examples'])
-    if bootstrap and r['num_seg_examples'] > 0:
-      kw = dict(num_resamples=num_resamples, seed=seed)
-      out['dice_ci95'] = list(bootstrap_pooled_dice_ci(seg.per_image_counts, **kw))
-      out['dice_per_image_mean_ci95'] = list(
-          bootstrap_dice_ci(seg.per_image_dice, **kw))
-  if cls is not None:
-    r = cls.result()
-    out.update(r)
-    counts.append(r['num_cls_examples'])
-    if bootstrap and not math.isnan(r['auc_covid']):
-      ci = bootstrap_auc_ci(*cls.covid_known, num_resamples=num_resamples,
-                            seed=seed)
-      if not math.isnan(ci[0]):
-        out['auc_covid_ci95'] = list(ci)
-  if rec is not None:
-    r = rec.result()
-    out.update(r)
-    counts.append(r['num_recon_examples'])
-  out['num_examples'] = max(counts) if counts else 0
-  return _jsonable(out)

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax import (checkpointing, config_loader, lungs, parallel, replay, report,
+from mtl_jax import (checkpointing, config_loader, jsonio, lungs, parallel, replay, report,
                      volume_io)
 from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
 
@@ -220,7 +220,7 @@ class Predictor:
     outputs['overview'] = self._overview(study, labels, rep, render, dest / 'overview.png')
     outputs['report'] = 'report.json'
     rep['outputs'] = outputs
-    report.write_json(dest / 'report.json', rep)
+    jsonio.write_json(dest / 'report.json', rep)
     for warning in rep['warnings']:
       print(f'mtl-jax predict: warning: {warning}', file=sys.stderr)
     return rep

@@ -34,11 +34,12 @@ model without a classifier):
 from __future__ import annotations
 
 import datetime
-import json
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from mtl_jax import jsonio
 
 SCHEMA_VERSION = '1.0'
 OOD_THRESHOLD_PERCENTILE = 99
@@ -87,26 +88,6 @@ def ood_score(value: float, percentiles) -> dict:
 
 def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-
-
-def _jsonable(value):
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not np.isfinite(value):
-    return None
-  return value
-
-
-def write_json(path, data: dict):
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(_jsonable(data), f, indent=2)
-    f.write('\n')
 
 
 def _panel(gray: np.ndarray, labels: np.ndarray, caption: str, font) -> Image.Image:
@@ -175,7 +156,7 @@ def summary_line(name: str, rep: dict) -> str:
 
 def write_batch_summary(path, input_path, items, reports):
   """batch_summary.json: one entry per study of a batch run."""
-  write_json(path, {
+  jsonio.write_json(path, {
       'schema_version': SCHEMA_VERSION, 'input': os.path.abspath(str(input_path)),
       'studies': [{'name': it.name, 'input': str(it.input),
                    'mask': None if it.mask is None else str(it.mask),

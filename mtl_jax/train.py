@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax import checkpointing, config_loader, evaluation, models, parallel
+from mtl_jax import checkpointing, config_loader, evaluation, jsonio, models, parallel
 from mtl_jax import tasks as tasks_lib
 from mtl_jax import writers, xla_cpu
 from mtl_jax.data import pipeline, preprocess
@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   writer = writers.create_writer(os.path.join(workdir, 'tensorboard'),
                                  just_logging=not lead)
   if lead:
-    checkpointing.write_json(os.path.join(workdir, 'config.json'), config_dict)
+    jsonio.write_json(os.path.join(workdir, 'config.json'), config_dict, sort_keys=True)
     writer.write_hparams({'num_params': num_params, 'preset': config.preset})
 
   try:
@@ -260,7 +260,8 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     writer.close()
     ckpt.close()
   if lead and results:
-    checkpointing.write_json(os.path.join(workdir, 'eval_validation_last.json'), results)
+    jsonio.write_json(os.path.join(workdir, 'eval_validation_last.json'), results,
+                       sort_keys=True)
   return state, results
 
 

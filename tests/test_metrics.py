@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mtl_jax import metrics
+from mtl_jax import jsonio, metrics, metrics_summary
 
 NAMES = ['covid', 'normal', 'other']
 
@@ -238,19 +238,19 @@ def test_reconstruction_mse_psnr():
 def test_bootstrap_ci_contains_estimate_and_is_deterministic():
   rng = np.random.default_rng(0)
   d = rng.uniform(0.4, 0.9, 50)
-  ci = metrics.bootstrap_dice_ci(d, num_resamples=300, seed=3)
-  assert ci == metrics.bootstrap_dice_ci(d, num_resamples=300, seed=3)
-  assert ci != metrics.bootstrap_dice_ci(d, num_resamples=300, seed=4)
+  ci = metrics_summary.bootstrap_dice_ci(d, num_resamples=300, seed=3)
+  assert ci == metrics_summary.bootstrap_dice_ci(d, num_resamples=300, seed=3)
+  assert ci != metrics_summary.bootstrap_dice_ci(d, num_resamples=300, seed=4)
   assert ci[0] < d.mean() < ci[1]
-  assert metrics.bootstrap_ci(lambda i: 0.7, 10, num_resamples=20) == (0.7, 0.7)
+  assert metrics_summary.bootstrap_ci(lambda i: 0.7, 10, num_resamples=20) == (0.7, 0.7)
 
 
 def test_bootstrap_auc_ci_skips_one_class_resamples():
   s = np.array([0.9, 0.2, 0.8, 0.3, 0.6, 0.4, 0.7, 0.1])
   y = np.array([1, 0, 1, 0, 0, 1, 1, 0])
-  low, high = metrics.bootstrap_auc_ci(s, y, num_resamples=300)
+  low, high = metrics_summary.bootstrap_auc_ci(s, y, num_resamples=300)
   assert low <= metrics.roc_auc(s, y) <= high
-  assert all(map(math.isnan, metrics.bootstrap_auc_ci([0.1, 0.2], [1, 1],
+  assert all(map(math.isnan, metrics_summary.bootstrap_auc_ci([0.1, 0.2], [1, 1],
                                                       num_resamples=10)))
 
 
@@ -267,7 +267,7 @@ def test_summarize_is_strict_json():
   cls.update(probs, labels, valid, sources)
   rec = metrics.ReconstructionAccumulator()
   rec.update(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
-  out = metrics.summarize(seg, cls, rec, num_resamples=100)
+  out = metrics_summary.summarize(seg, cls, rec, num_resamples=100)
   json.dumps(out, allow_nan=False)
   assert out['num_examples'] == 6
   assert out['dice_ci95'][0] <= out['dice'] <= out['dice_ci95'][1]
@@ -275,8 +275,20 @@ def test_summarize_is_strict_json():
   assert len(out['dice_per_image_mean_ci95']) == 2
   assert out['hd95_num_skipped'] == 1 and out['hd95'] == pytest.approx(1.0)
 
-  only_seg = metrics.summarize(metrics.SegmentationAccumulator(1), None, None)
+  only_seg = metrics_summary.summarize(metrics.SegmentationAccumulator(1), None, None)
   json.dumps(only_seg, allow_nan=False)
   assert only_seg['dice'] is None and only_seg['num_examples'] == 0
   assert 'dice_ci95' not in only_seg
-  assert 'dice_ci95' not in metrics.summarize(seg, bootstrap=False)
+  assert 'dice_ci95' not in metrics_summary.summarize(seg, bootstrap=False)
+
+
+def test_write_json_is_strict_and_atomic(tmp_path):
+  path = tmp_path / 'out.json'
+  path.write_text('{"old": true}\n')
+  jsonio.write_json(path, {'a': np.float32(0.5), 'b': float('nan'), 'c': np.arange(2),
+                           'd': (np.int64(3), float('inf'))})
+  assert json.loads(path.read_text()) == {'a': 0.5, 'b': None, 'c': [0, 1], 'd': [3, None]}
+  with pytest.raises(TypeError):  # not serialisable: the old file stays whole
+    jsonio.write_json(path, {'x': object()})
+  assert json.loads(path.read_text())['a'] == 0.5
+  assert [p.name for p in tmp_path.iterdir()] == ['out.json']  # no temporary left

@@ -1,7 +1,6 @@
 """Model shapes and heads per ablation; configs, presets and overrides."""
 
 import json
-import os
 
 import flax.linen as nn
 import jax

@@ -1,0 +1,101 @@
+"""A split's metrics as one strict-JSON dict, with bootstrap confidence intervals.
+
+The accumulators in `metrics` pool a split; this module resamples their
+per-example values (images for Dice, examples for AUC) to put a 95% interval
+beside the headline figures, as a reader of a small validation set needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from mtl_jax import jsonio, metrics
+
+
+# -------------------------------------------------------------------- bootstrap
+def bootstrap_ci(values_fn: Callable[[np.ndarray], float], n: int,
+                 num_resamples: int = 1000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap (1 - alpha) interval of a statistic over n examples.
+
+  Each resample draws n example indices with replacement from a seeded
+  Generator and calls values_fn(indices). Non-finite values (e.g. an AUC of a
+  resample with one class) are dropped; (nan, nan) if none are left.
+  """
+  if n <= 0 or num_resamples <= 0:
+    return math.nan, math.nan
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(num_resamples):
+    v = float(values_fn(rng.integers(0, n, size=n)))
+    if math.isfinite(v):
+      values.append(v)
+  if not values:
+    return math.nan, math.nan
+  low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+  return float(low), float(high)
+
+
+def bootstrap_dice_ci(per_image_dice, **kwargs) -> tuple[float, float]:
+  """CI of the *mean per-image* Dice."""
+  d = np.asarray(per_image_dice, np.float64)
+  return bootstrap_ci(lambda i: d[i].mean(), d.size, **kwargs)
+
+
+def bootstrap_pooled_dice_ci(per_image_counts, **kwargs) -> tuple[float, float]:
+  """CI of the *pooled* Dice: resample images, pool their (TP, FP, FN, TN)."""
+  c = np.asarray(per_image_counts, np.int64)
+
+  def pooled(i):
+    tp, fp, fn = c[i, :3].sum(axis=0)
+    return metrics.dice_from_counts(tp, fp, fn)
+  return bootstrap_ci(pooled, c.shape[0], **kwargs)
+
+
+def bootstrap_auc_ci(scores, positives, **kwargs) -> tuple[float, float]:
+  """CI of the binary ROC AUC; one-class resamples are skipped."""
+  s = np.asarray(scores, np.float64).reshape(-1)
+  y = np.asarray(positives).reshape(-1).astype(bool)
+  return bootstrap_ci(lambda i: metrics.roc_auc(s[i], y[i]), s.size, **kwargs)
+
+
+# -------------------------------------------------------------------- summarize
+def summarize(seg: metrics.SegmentationAccumulator | None = None,
+              cls: metrics.ClassificationAccumulator | None = None,
+              rec: metrics.ReconstructionAccumulator | None = None,
+              bootstrap: bool = True, num_resamples: int = 1000,
+              seed: int = 0) -> dict:
+  """One flat, strict-JSON dict of every given accumulator's results.
+
+  With bootstrap: `dice_ci95` (pooled Dice, matching `dice`),
+  `dice_per_image_mean_ci95` and `auc_covid_ci95`, each [low, high], present
+  only when computable. nan values become None.
+  """
+  out, counts = {}, []
+  if seg is not None:
+    r = seg.result()
+    out.update(r)
+    counts.append(r['num_seg_examples'])
+    if bootstrap and r['num_seg_examples'] > 0:
+      kw = dict(num_resamples=num_resamples, seed=seed)
+      out['dice_ci95'] = list(bootstrap_pooled_dice_ci(seg.per_image_counts, **kw))
+      out['dice_per_image_mean_ci95'] = list(
+          bootstrap_dice_ci(seg.per_image_dice, **kw))
+  if cls is not None:
+    r = cls.result()
+    out.update(r)
+    counts.append(r['num_cls_examples'])
+    if bootstrap and not math.isnan(r['auc_covid']):
+      ci = bootstrap_auc_ci(*cls.covid_known, num_resamples=num_resamples,
+                            seed=seed)
+      if not math.isnan(ci[0]):
+        out['auc_covid_ci95'] = list(ci)
+  if rec is not None:
+    r = rec.result()
+    out.update(r)
+    counts.append(r['num_recon_examples'])
+  out['num_examples'] = max(counts) if counts else 0
+  return jsonio.jsonable(out)

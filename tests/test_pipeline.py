@@ -224,3 +224,17 @@ def test_lung_crop_applies_to_training_and_evaluation(monkeypatch):
   for batch in (train_batch, eval_batch):
     np.testing.assert_allclose(batch['image'][0], expected['image'], atol=1e-6)
     np.testing.assert_array_equal(batch['mask'][0], expected['mask'])
+
+
+def test_worker_processes_yield_the_same_batches(fake_sources):
+  """grain worker processes (data.num_workers > 0) change speed, not batches."""
+  config = _config({'a': 1.0, 'b': 1.0}, augment_on=True)
+  threads = [b for _, b in zip(range(3), pipeline.iterate(
+      pipeline.train_dataset(config), 2, config))]
+  config.data.num_workers = 2
+  workers = [b for _, b in zip(range(3), pipeline.iterate(
+      pipeline.train_dataset(config), 2, config))]
+  for a, b in zip(threads, workers, strict=True):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])

@@ -92,6 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 1000
   config.train.checkpoint_every_steps = 1000
   config.train.keep_checkpoints = 3
+  # Validation metric that picks `best/`; 'a+b' ranks by their mean, and
+  # 'by_source/NAME/METRIC' reaches one source's figure.
   config.train.best_metric = 'dice'
   config.train.progress_bar = True
 

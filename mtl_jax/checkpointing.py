@@ -11,6 +11,7 @@ half-written checkpoint behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jax
@@ -25,6 +26,26 @@ ARCHITECTURE_KEYS = ('model', 'loss.weights', 'loss.uncertainty_weighting',
 
 class CheckpointError(RuntimeError):
   """A workdir without a usable checkpoint, or one from another model."""
+
+
+def selection_value(results: dict, best_metric: str) -> float | None:
+  """The figure that ranks checkpoints for `best`: one validation metric, or
+  the mean of several joined by '+' (a multi-task model is chosen on all its
+  tasks, e.g. 'dice+auc_covid'). A name may reach into per-source results:
+  'by_source/covid_ct/auc_covid'. None when a value is undefined (nan).
+  """
+  values = []
+  for name in best_metric.split('+'):
+    value = results
+    for key in name.strip().split('/'):
+      if not isinstance(value, dict) or key not in value:
+        raise ValueError(f'train.best_metric={best_metric!r}: the validation results have '
+                         f'no {name.strip()!r}')
+      value = value[key]
+    if value is None or not math.isfinite(float(value)):
+      return None
+    values.append(float(value))
+  return sum(values) / len(values)
 
 
 def _manager(directory, options):
@@ -52,7 +73,7 @@ class Checkpointer:
 
   def is_better(self, metrics: dict) -> bool:
     """Whether these metrics would replace the kept best checkpoint."""
-    value = metrics.get(self.best_metric)
+    value = selection_value(metrics, self.best_metric)
     if value is None:
       return False
     best = _best_step(self.best)
@@ -63,11 +84,11 @@ class Checkpointer:
 
   def save_if_best(self, step: int, state, meta: dict, metrics: dict):
     """Keep this checkpoint if its `best_metric` beats the kept one."""
-    value = metrics.get(self.best_metric)
+    value = selection_value(metrics, self.best_metric)
     if value is None:
       return
     self.best.save(step, args=_save_args(state, meta),
-                   metrics={self.best_metric: float(value)}, force=True)
+                   metrics={self.best_metric: value}, force=True)
     self.best.wait_until_finished()
 
   def latest_step(self):

@@ -174,3 +174,15 @@ def test_per_source_metrics_become_tensorboard_scalars():
       'validation/dice': 0.7, 'validation/num_examples': 5,
       'validation/by_source/covid_ct/auc_covid': 0.8,
       'validation/by_source/covid_ct/accuracy': 0.9}
+
+
+def test_best_checkpoint_selection_value():
+  results = {'dice': 0.7, 'auc_covid': 0.9, 'accuracy': float('nan'),
+             'by_source': {'covid_ct': {'auc_covid': 0.8}}}
+  assert checkpointing.selection_value(results, 'dice') == 0.7
+  assert checkpointing.selection_value(results, 'dice+auc_covid') == pytest.approx(0.8)
+  assert checkpointing.selection_value(
+      results, 'dice + by_source/covid_ct/auc_covid') == pytest.approx(0.75)
+  assert checkpointing.selection_value(results, 'dice+accuracy') is None  # undefined: skip
+  with pytest.raises(ValueError, match="no 'by_source/mosmed/auc_covid'"):
+    checkpointing.selection_value(results, 'by_source/mosmed/auc_covid')

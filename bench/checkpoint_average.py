@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 
 from mtl_jax import checkpointing, config_loader, evaluation, train  # noqa: E402
 
@@ -37,14 +36,13 @@ def main():
 
   meta, _ = checkpointing.read_meta(args.workdir, 'latest')
   trainer = train.Trainer(config_loader.from_dict(meta['config']))
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(args.workdir, checkpointing.LATEST_DIR)),
-      options=ocp.CheckpointManagerOptions(read_only=True))
-  steps = sorted(manager.all_steps())
-  target = trainer.restore_target()
-  states = [manager.restore(s, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))['state'] for s in steps]
-  manager.close()
+  ckpt = checkpointing.Checkpointer(args.workdir, read_only=True,
+                                    best_metric=trainer.config.train.best_metric)
+  try:
+    steps = ckpt.kept_steps()
+    states = [ckpt.restore(trainer.restore_target(), step=s)[0] for s in steps]
+  finally:
+    ckpt.close()
 
   def mean(*leaves):
     return jnp.mean(jnp.stack(leaves), axis=0).astype(leaves[0].dtype)

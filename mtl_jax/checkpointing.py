@@ -94,10 +94,16 @@ class Checkpointer:
   def latest_step(self):
     return self.latest.latest_step()
 
-  def restore(self, abstract_state, which: str = 'latest'):
-    """(state, meta) from the latest checkpoint, or the best one."""
+  def kept_steps(self) -> list[int]:
+    """Steps of the kept latest checkpoints, oldest first."""
+    return sorted(self.latest.all_steps())
+
+  def restore(self, abstract_state, which: str = 'latest', step: int | None = None):
+    """(state, meta) from the latest checkpoint, the best one, or a given
+    `step` among the kept latest ones (see `kept_steps`)."""
     manager = self.latest if which == 'latest' else self.best
-    step = manager.latest_step() if which == 'latest' else _best_step(manager)
+    if step is None:
+      step = manager.latest_step() if which == 'latest' else _best_step(manager)
     if step is None:
       raise CheckpointError(f'no {which} checkpoint in {manager.directory}')
     restored = manager.restore(step, args=ocp.args.Composite(

@@ -80,6 +80,14 @@ def test_kill_and_resume_continues_the_same_trajectory(tiny_config, tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(straight['params'])),
                   jax.tree.leaves(jax.device_get(resumed['params']))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # Every kept checkpoint can be restored by its step (bench/checkpoint_average.py).
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'a'), read_only=True)
+  try:
+    assert ckpt.kept_steps() == [2, 4]
+    target = train.Trainer(tiny_config).restore_target()
+    assert [int(ckpt.restore(target, step=s)[0]['step']) for s in (2, 4)] == [2, 4]
+  finally:
+    ckpt.close()
 
 
 def test_resumed_data_iterator_yields_the_same_batches(tiny_config):

@@ -4,7 +4,7 @@ Run by hand (results go in bench/RESULTS.md):
   .venv/bin/python bench/checkpoint_average.py --workdir runs/real_cpu4 [--split validation]
 
 Restores every checkpoint under WORKDIR/checkpoints (the last
-`train.keep` saves, e.g. steps 2500/2750/3000), averages their parameters
+`train.keep_checkpoints` saves, e.g. steps 2500/2750/3000), averages their parameters
 and BatchNorm statistics with equal weights, and evaluates the average and
 the latest checkpoint alone on the same split. If the average is no better
 than the last checkpoint, an EMA of the weights would not be either at the

@@ -17,15 +17,13 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from mtl_jax.errors import CheckpointError, ConfigError
+
 LATEST_DIR = 'checkpoints'
 BEST_DIR = 'best'
 # Config sections that change the parameter tree or what the model means.
 ARCHITECTURE_KEYS = ('model', 'loss.weights', 'loss.uncertainty_weighting',
                      'data.image_size', 'data.window_hu')
-
-
-class CheckpointError(RuntimeError):
-  """A workdir without a usable checkpoint, or one from another model."""
 
 
 def selection_value(results: dict, best_metric: str) -> float | None:
@@ -39,7 +37,7 @@ def selection_value(results: dict, best_metric: str) -> float | None:
     value = results
     for key in name.strip().split('/'):
       if not isinstance(value, dict) or key not in value:
-        raise ValueError(f'train.best_metric={best_metric!r}: the validation results have '
+        raise ConfigError(f'train.best_metric={best_metric!r}: the validation results have '
                          f'no {name.strip()!r}')
       value = value[key]
     if value is None or not math.isfinite(float(value)):

@@ -1,9 +1,11 @@
 """The `mtl-jax` command line: train, evaluate, demo, build-data.
 
 A thin layer (flax-examples style): parse arguments, load the config, call
-`train.train_and_evaluate` or friends. A user mistake (bad config, missing
-dataset, incompatible checkpoint, bad input file) ends with one line on
-stderr and exit status 2; `--debug` shows the traceback instead.
+`train.train_and_evaluate` or friends. A user mistake (`errors.UserError`:
+bad config, missing dataset, incompatible checkpoint, bad input file) ends
+with one line on stderr and exit status 2; `--debug` shows its traceback.
+Any other exception is a bug in mtl-jax: its traceback is printed, then a
+line saying so, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
+
+from mtl_jax.errors import UserError
 
 # Multi-device CPU simulation and quiet logs must be set before jax starts.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, RuntimeError,
-               KeyError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     return _run(args, overrides)
-  except USER_ERRORS as e:
+  except UserError as e:
     if args.debug:
       raise
     print(f'mtl-jax {args.command}: error: {e}', file=sys.stderr)
@@ -100,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f'mtl-jax {args.command}: interrupted; rerun the same command to resume',
           file=sys.stderr)
     return 130
+  except Exception:  # pylint: disable=broad-except
+    traceback.print_exc()
+    print(f'mtl-jax {args.command}: internal error: this is a bug in mtl-jax, not a '
+          'problem with your input; please report it with the traceback above',
+          file=sys.stderr)
+    return 1
 
 
 def _run(args, overrides) -> int:

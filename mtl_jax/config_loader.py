@@ -20,8 +20,7 @@ import ml_collections
 DEFAULT_CONFIG = 'configs/default.py'
 
 
-class ConfigError(ValueError):
-  """A config that cannot be loaded or overridden, said in one line."""
+from mtl_jax.errors import ConfigError  # noqa: F401  (raised here; importers use it)
 
 
 def _resolve_path(path: str) -> str:

@@ -16,6 +16,8 @@ import threading
 
 import jax
 
+from mtl_jax.errors import DistributedError
+
 _initialized = False
 
 
@@ -45,7 +47,7 @@ def initialize(coordinator_address: str | None = None,
     return
   if explicit and (coordinator_address is None or num_processes is None
                    or process_id is None):
-    raise ValueError('multi-process runs need --coordinator_address, '
+    raise DistributedError('multi-process runs need --coordinator_address, '
                      '--num_processes and --process_id together')
   what = (f'could not join the multi-process run (coordinator '
           f'{coordinator_address or "auto-detected"}, process {process_id} of '
@@ -61,7 +63,7 @@ def initialize(coordinator_address: str | None = None,
                                num_processes=num_processes, process_id=process_id,
                                initialization_timeout=timeout_s)
   except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(f'{what}: {str(e).splitlines()[0]}') from e
+    raise DistributedError(f'{what}: {str(e).splitlines()[0]}') from e
   finally:
     watchdog.cancel()
   _initialized = True

@@ -14,6 +14,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtl_jax.errors import ConfigError
+
 TASKS = ('seg', 'recon', 'cls')
 
 
@@ -35,7 +37,7 @@ class Norm(nn.Module):
     if self.kind == 'group':
       return nn.GroupNorm(num_groups=min(self.groups, x.shape[-1]),
                           dtype=self.dtype)(x)
-    raise ValueError(f'model.norm must be "batch" or "group", got {self.kind!r}')
+    raise ConfigError(f'model.norm must be "batch" or "group", got {self.kind!r}')
 
 
 class ConvBlock(nn.Module):
@@ -163,7 +165,7 @@ class MultiTaskUNet(nn.Module):
   def __call__(self, images, train: bool = False):
     unknown = set(self.tasks) - set(TASKS)
     if unknown:
-      raise ValueError(f'unknown tasks {sorted(unknown)}; valid: {TASKS}')
+      raise ConfigError(f'unknown tasks {sorted(unknown)}; valid: {TASKS}')
     x = images.astype(self.dtype)
     skips, bottom = Encoder(self.widths, self.bottleneck, self.norm,
                             self.dtype, name='encoder')(x, train)
@@ -190,7 +192,7 @@ def build_model(config, tasks: Sequence[str]) -> MultiTaskUNet:
   model_config = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
   if model_config.compute_dtype not in dtypes:
-    raise ValueError(f'model.compute_dtype must be one of {sorted(dtypes)}, '
+    raise ConfigError(f'model.compute_dtype must be one of {sorted(dtypes)}, '
                      f'got {model_config.compute_dtype!r}')
   return MultiTaskUNet(
       widths=tuple(model_config.widths),

@@ -15,6 +15,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mtl_jax.errors import ConfigError
+
 DATA_AXIS = 'data'
 
 
@@ -38,7 +40,7 @@ def check_batch_size(global_batch_size: int, what: str = 'train.global_batch_siz
   """Fail before compiling when the batch cannot be split evenly."""
   n = jax.device_count() if num_devices is None else num_devices
   if global_batch_size % n:
-    raise ValueError(f'{what}={global_batch_size} is not divisible by the '
+    raise ConfigError(f'{what}={global_batch_size} is not divisible by the '
                      f'{n} devices; use a multiple of {n}')
 
 

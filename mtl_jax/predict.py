@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax import (checkpointing, config_loader, jsonio, lungs, parallel, replay, report,
-                     volume_io)
+from mtl_jax import (checkpointing, config_loader, errors, jsonio, lungs, parallel, replay,
+                     report, volume_io)
 from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
 
 AGG_FRACTION = 0.10
@@ -62,7 +62,7 @@ AGGREGATION = ('mean of the class-probability vectors of the k eligible slices w
                'class = argmax')
 
 
-class NoModelError(FileNotFoundError):
+class NoModelError(errors.CheckpointError):
   """The checkpoint folder holds no usable model."""
 
 
@@ -71,7 +71,7 @@ def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
     raise NoModelError(f'{workdir}: checkpoint folder not found')
   try:
     meta, path = checkpointing.read_meta(workdir, which)
-  except checkpointing.CheckpointError as e:
+  except errors.CheckpointError as e:
     raise NoModelError(str(e)) from None
   if 'config' not in meta or 'preprocessing' not in meta:
     raise NoModelError(f'{path}: checkpoint has no config/preprocessing record '
@@ -136,7 +136,7 @@ class Predictor:
     config = config_loader.from_dict(self.meta['config'])
     requested = int(batch_size or config.eval.batch_size)
     if requested < 1:
-      raise ValueError(f'--batch_size must be positive, got {requested}')
+      raise errors.UserError(f'--batch_size must be positive, got {requested}')
     n = jax.device_count()  # pad up to a multiple of the devices
     self.batch_size = -(-requested // n) * n
     config.train.global_batch_size = config.eval.batch_size = self.batch_size

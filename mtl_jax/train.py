@@ -21,14 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax import checkpointing, config_loader, evaluation, jsonio, models, parallel
+from mtl_jax import checkpointing, config_loader, errors, evaluation, jsonio, models, parallel
 from mtl_jax import tasks as tasks_lib
 from mtl_jax import writers, xla_cpu
 from mtl_jax.data import pipeline, preprocess
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or inf: stop rather than train on garbage."""
 
 
 def make_optimizer(config):
@@ -107,7 +103,7 @@ class Trainer:
     self.config = config
     self.tasks = tasks_lib.make_tasks(config)
     if not self.tasks:
-      raise ValueError('every loss weight is 0: enable at least one task in '
+      raise errors.ConfigError('every loss weight is 0: enable at least one task in '
                        'config.loss.weights')
     self.model = models.build_model(config, tuple(self.tasks))
     self.tx, self.schedule = make_optimizer(config)
@@ -164,7 +160,7 @@ def _flush_metrics(pending, writer, timing):
   for step, terms in zip(steps, values):
     bad = [k for k, v in terms.items() if not np.all(np.isfinite(v))]
     if bad:
-      raise NonFiniteLossError(
+      raise errors.TrainingDivergedError(
           f'non-finite {", ".join(sorted(bad))} at step {step}; '
           'lower optim.learning_rate or check the input data')
   means = {f'train/{k}': float(np.mean([v[k] for v in values])) for k in values[0]}

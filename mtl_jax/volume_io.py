@@ -28,15 +28,11 @@ import numpy as np
 from PIL import Image
 
 from mtl_jax.data import readers
-from mtl_jax.data.readers import BadInputError
+from mtl_jax.errors import BadInputError, InputNotFoundError
 
 MARKERS = ('report.json', 'batch_summary.json')  # an earlier predict output
 EXPECTED = ('expected a .nii/.nii.gz volume, a DICOM series folder or .dcm file, '
             'a .png/.jpg slice, a folder of these, or a .csv with an input column')
-
-
-class InputNotFoundError(FileNotFoundError):
-  """A path given on the command line or in a CSV does not exist."""
 
 
 @dataclasses.dataclass
@@ -94,7 +90,7 @@ def _sha256(paths) -> str:
 def _exists(path, what='input') -> pathlib.Path:
   path = pathlib.Path(path)
   if not path.exists():
-    raise InputNotFoundError(f'{path}: {what} not found')
+    raise InputNotFoundError(path, what)
   return path
 
 

@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mtl_jax import errors
 from mtl_jax.data import augment, datasets, pipeline, preprocess
 
 
@@ -76,9 +77,9 @@ def test_batches_are_deterministic_and_resume_exactly(fake_sources):
 
 
 def test_bad_weights_and_indivisible_process_batch(fake_sources):
-  with pytest.raises(ValueError, match='positive weight'):
+  with pytest.raises(errors.ConfigError, match='positive weight'):
     pipeline.train_dataset(_config({'a': 0.0}))
-  with pytest.raises(ValueError, match='not divisible by the number of processes'):
+  with pytest.raises(errors.ConfigError, match='not divisible by the number of processes'):
     pipeline.train_dataset(_config({'a': 1.0}, batch=6), pipeline.ProcessShard(0, 4))
 
 
@@ -148,7 +149,7 @@ def test_standardisation_maps_every_source_to_the_reference(rendered_sources, mo
 def test_unknown_standardisation_mode_is_named(rendered_sources):
   config = _config({'dark': 1.0})
   config.data.standardize = 'zscore'
-  with pytest.raises(ValueError, match="standardize='zscore'; valid modes: none"):
+  with pytest.raises(errors.ConfigError, match="standardize='zscore'; valid modes: none"):
     pipeline.train_dataset(config)
 
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from mtl_jax import cli, lungs, predict, report, volume_io
+from mtl_jax import cli, errors, lungs, predict, report, volume_io
 from mtl_jax.data import preprocess, synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -517,7 +517,7 @@ def test_output_folder_with_other_files_is_refused(predictor, tmp_path):
            str(tmp_path / 'v.nii.gz'))
   (tmp_path / 'mine').mkdir()
   (tmp_path / 'mine' / 'thesis.docx').write_text('precious')
-  with pytest.raises(ValueError, match='not empty'):
+  with pytest.raises(errors.BadInputError, match='not empty'):
     predict.run(None, tmp_path / 'v.nii.gz', tmp_path / 'mine', predictor=predictor)
   assert os.listdir(tmp_path / 'mine') == ['thesis.docx']
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtl_jax import checkpointing, cli, evaluation, parallel, train
+from mtl_jax import checkpointing, cli, errors, evaluation, parallel, train
 from mtl_jax.data import datasets, pipeline
 
 EVAL_KEYS = ('dice', 'iou', 'hd95', 'accuracy', 'auc_covid', 'auc_macro',
@@ -109,14 +109,14 @@ def test_incompatible_checkpoint_is_refused(tiny_config, tmp_path):
 
 def test_batch_not_divisible_by_devices_fails_before_compiling(tiny_config):
   tiny_config.train.global_batch_size = 12
-  with pytest.raises(ValueError, match='not divisible by the 8 devices'):
+  with pytest.raises(errors.ConfigError, match='not divisible by the 8 devices'):
     train.Trainer(tiny_config)
 
 
 def test_nan_loss_stops_with_the_step(tiny_config, tmp_path):
   tiny_config.optim.learning_rate = float('nan')
   tiny_config.train.num_train_steps = 3
-  with pytest.raises(train.NonFiniteLossError, match='non-finite .* at step 1'):
+  with pytest.raises(errors.TrainingDivergedError, match='non-finite .* at step 1'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints' / '1')
 
@@ -124,7 +124,7 @@ def test_nan_loss_stops_with_the_step(tiny_config, tmp_path):
 def test_nan_is_reported_with_its_exact_step_among_pending():
   pending = [(5, {'loss': np.float32(1.0)}), (6, {'loss': np.float32(np.nan)}),
              (7, {'loss': np.float32(np.nan)})]
-  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step 6'):
+  with pytest.raises(errors.TrainingDivergedError, match='non-finite loss at step 6'):
     train._flush_metrics(pending, writer=None, timing={})
 
 
@@ -192,5 +192,5 @@ def test_best_checkpoint_selection_value():
   assert checkpointing.selection_value(
       results, 'dice + by_source/covid_ct/auc_covid') == pytest.approx(0.75)
   assert checkpointing.selection_value(results, 'dice+accuracy') is None  # undefined: skip
-  with pytest.raises(ValueError, match="no 'by_source/mosmed/auc_covid'"):
+  with pytest.raises(errors.ConfigError, match="no 'by_source/mosmed/auc_covid'"):
     checkpointing.selection_value(results, 'by_source/mosmed/auc_covid')

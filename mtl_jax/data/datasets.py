@@ -19,10 +19,7 @@ import pkgutil
 import tensorflow_datasets as tfds
 
 from mtl_jax.data import features
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  """A dataset that has not been built in the data directory."""
+from mtl_jax.errors import DatasetNotFoundError
 
 
 def known_datasets() -> tuple:
@@ -33,7 +30,7 @@ def known_datasets() -> tuple:
 
 def _check_name(name: str):
   if name not in known_datasets():
-    raise ValueError(f'unknown dataset {name!r}; known datasets: '
+    raise DatasetNotFoundError(f'unknown dataset {name!r}; known datasets: '
                      f'{", ".join(known_datasets())}')
 
 

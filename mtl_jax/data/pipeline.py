@@ -20,6 +20,7 @@ from absl import flags
 
 from mtl_jax.data import augment as augment_lib
 from mtl_jax.data import datasets, preprocess
+from mtl_jax.errors import ConfigError
 
 # Keys the train step consumes; strings stay on the host.
 NUMERIC_KEYS = ('image', 'mask', 'has_mask', 'label', 'label_set', 'has_label')
@@ -87,7 +88,7 @@ def make_standardizer(config, stats: dict | None = None) -> Callable | None:
   """image, source name -> standardised image; None when standardisation is off."""
   mode, reference = config.data.standardize, tuple(config.data.standardize_reference)
   if mode not in preprocess.STANDARDIZE_MODES:
-    raise ValueError(f'config.data.standardize={mode!r}; valid modes: '
+    raise ConfigError(f'config.data.standardize={mode!r}; valid modes: '
                      f'{", ".join(preprocess.STANDARDIZE_MODES)}')
   if mode == 'none':
     return None
@@ -132,11 +133,11 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
   names = list(config.data.sources.keys())
   weights = [float(config.data.sources[name]) for name in names]
   if not names or min(weights) <= 0:
-    raise ValueError('config.data.sources must map at least one dataset name '
+    raise ConfigError('config.data.sources must map at least one dataset name '
                      f'to a positive weight, got {dict(config.data.sources)}')
   global_batch = config.train.global_batch_size
   if global_batch % shard.count:
-    raise ValueError(f'train.global_batch_size={global_batch} is not divisible '
+    raise ConfigError(f'train.global_batch_size={global_batch} is not divisible '
                      f'by the number of processes ({shard.count})')
   standardizer = make_standardizer(config, stats)
   streams, stream_weights = [], []

@@ -19,6 +19,8 @@ from xml.etree import ElementTree
 import numpy as np
 from PIL import Image, ImageChops, UnidentifiedImageError
 
+from mtl_jax.errors import BadInputError
+
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 NIFTI_SUFFIXES = ('.nii', '.nii.gz')
 # A screenshot from a paper may carry coloured arrows; a photograph is colour
@@ -28,14 +30,6 @@ MAX_COLOUR_FRACTION = 0.25
 _SEG_LABELS = (0, 1, 2)
 _DECODE_ERRORS = (OSError, EOFError, ValueError, SyntaxError, zlib.error,
                   UnidentifiedImageError, Image.DecompressionBombError)
-
-
-class BadInputError(ValueError):
-  """An input file (or folder layout) that cannot be used, with the reason."""
-
-  def __init__(self, reason: str, path=None):
-    self.reason, self.path = reason, None if path is None else str(path)
-    super().__init__(f'{path}: {reason}' if path is not None else reason)
 
 
 class BadFiles:

@@ -11,11 +11,14 @@ half-written checkpoint behind.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from mtl_jax.errors import CheckpointError, ConfigError
 
@@ -50,58 +53,162 @@ def _manager(directory, options):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+# A finished checkpoint step folder holds all of these; orbax writes a step in
+# `N.orbax-checkpoint-tmp` and renames it into place only when it is complete.
+COMPLETE_MARKERS = ('commit_success.txt', 'state/commit_success.txt',
+                    'state/_METADATA', 'meta/metadata')
+# A checkpoint being removed is first renamed to this prefix + step (atomic),
+# then deleted: a kill mid-removal leaves a folder orbax never lists.
+DISCARD_PREFIX = '.discard-'
+
+
+def is_complete(step_dir: str) -> bool:
+  return all(os.path.exists(os.path.join(step_dir, m)) for m in COMPLETE_MARKERS)
+
+
+def sweep(directory: str) -> list[str]:
+  """Remove what a killed run left in a checkpoint folder; return one log line each.
+
+  Unfinished saves (`N.orbax-checkpoint-tmp*`), half-removed checkpoints
+  (`.discard-N`) and step folders missing a file that every finished
+  checkpoint has (from a removal killed midway before the rename above
+  existed) are deleted. Finished checkpoints are never touched.
+  """
+  if not os.path.isdir(directory):
+    return []
+  lines = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not os.path.isdir(path):
+      continue
+    if '.orbax-checkpoint-tmp' in name:
+      why = 'an unfinished save (the run was stopped while saving)'
+    elif name.startswith(DISCARD_PREFIX):
+      why = 'a checkpoint that was being removed'
+    elif name.isdigit() and not is_complete(path):
+      why = 'an incomplete checkpoint (files missing)'
+    else:
+      continue
+    shutil.rmtree(path, ignore_errors=True)
+    lines.append(f'{directory}: removed {name}, {why}')
+  return lines
+
+
+def _sync(name: str):
+  """Every process waits here until process 0 has changed the folders."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'mtl_jax_checkpointing_{name}')
+
+
 class Checkpointer:
-  """Two orbax managers over `workdir/checkpoints` and `workdir/best`."""
+  """The latest `keep` checkpoints (resume) and the best one (`best_metric`).
+
+  Crash safety, so that a run killed at any instant resumes: orbax writes
+  each step into a temporary folder and renames it into place; removals
+  rename first and delete after (`DISCARD_PREFIX`); opening a workdir for
+  training sweeps away what a kill left half-done (`sweep`). A best
+  checkpoint newer than the resume point is kept: the deterministic replay
+  re-evaluates that step and either re-validates it (same value: kept as
+  is) or replaces it (`update_best`).
+  """
 
   def __init__(self, workdir: str, keep: int = 3, best_metric: str = 'dice',
                read_only: bool = False):
-    self.best_metric = best_metric
+    self.best_metric, self.keep, self.read_only = best_metric, max(1, int(keep)), read_only
+    self.dirs = {which: os.path.abspath(os.path.join(workdir, sub))
+                 for which, sub in (('latest', LATEST_DIR), ('best', BEST_DIR))}
+    if not read_only:
+      if jax.process_index() == 0:
+        for directory in self.dirs.values():
+          for line in sweep(directory):
+            logging.warning('%s', line)
+      _sync('sweep')
     common = dict(create=not read_only, read_only=read_only,
                   enable_async_checkpointing=False)
-    self.latest = _manager(os.path.join(workdir, LATEST_DIR),
-                           ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
-    self.best = _manager(os.path.join(workdir, BEST_DIR),
-                         ocp.CheckpointManagerOptions(
-                             max_to_keep=1, best_mode='max',
-                             best_fn=lambda m: m[best_metric], **common))
+    self.latest = _manager(self.dirs['latest'], ocp.CheckpointManagerOptions(**common))
+    self.best = _manager(self.dirs['best'], ocp.CheckpointManagerOptions(**common))
+    if not read_only:  # a kill between a save and the removal it implies
+      self._discard('latest', self._steps('latest')[:-self.keep])
+      self._discard('best', [s for s in self._steps('best') if s != self.best_step()])
+
+  def _manager(self, which):
+    return self.latest if which == 'latest' else self.best
+
+  def _steps(self, which) -> list[int]:
+    return finished_steps(self.dirs[which])
+
+  def _discard(self, which: str, steps):
+    """Remove checkpoints atomically (rename, then delete; see `sweep`)."""
+    steps = list(steps)
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        src = os.path.join(self.dirs[which], str(step))
+        dst = os.path.join(self.dirs[which], f'{DISCARD_PREFIX}{step}')
+        os.rename(src, dst)
+        shutil.rmtree(dst)
+    _sync(f'discard_{which}')
+    self._manager(which).reload()
 
   def save_latest(self, step: int, state, meta: dict):
     self.latest.save(step, args=_save_args(state, meta), force=True)
     self.latest.wait_until_finished()
+    self._discard('latest', self._steps('latest')[:-self.keep])
+
+  def best_value(self, step: int | None = None) -> float | None:
+    """The recorded selection value of best checkpoint `step` (default: the kept one)."""
+    step = self.best_step() if step is None else step
+    return None if step is None else recorded_value(
+        os.path.join(self.dirs['best'], str(step)))
+
+  def best_step(self) -> int | None:
+    return select_step(os.path.dirname(self.dirs['best']), 'best')
 
   def is_better(self, metrics: dict) -> bool:
     """Whether these metrics would replace the kept best checkpoint."""
     value = selection_value(metrics, self.best_metric)
-    if value is None:
-      return False
-    best = _best_step(self.best)
-    if best is None:
-      return True
-    kept_value = (self.best.metrics(best) or {}).get(self.best_metric)
-    return kept_value is None or float(value) > float(kept_value)
+    kept = self.best_value()
+    return value is not None and (kept is None or value > kept)
 
-  def save_if_best(self, step: int, state, meta: dict, metrics: dict):
-    """Keep this checkpoint if its `best_metric` beats the kept one."""
+  def update_best(self, step: int, state, make_meta, metrics: dict) -> str:
+    """Keep this step as `best` if its `best_metric` beats the kept one.
+
+    `make_meta()` is called only when a checkpoint is written. Returns what
+    happened: 'saved', 'not better', 'undefined' (the value is nan), or
+    'revalidated' (a resumed run re-reached a best step saved before the
+    kill, with the same value: it is kept as it is).
+    """
     value = selection_value(metrics, self.best_metric)
     if value is None:
-      return
-    self.best.save(step, args=_save_args(state, meta),
-                   metrics={self.best_metric: value}, force=True)
+      return 'undefined'
+    if step in self._steps('best'):
+      if self.best_value(step) == value:
+        return 'revalidated'
+      logging.warning('best/%d: the replay gave %s=%r, the checkpoint has %r; replacing it',
+                      step, self.best_metric, value, self.best_value(step))
+      self._discard('best', [step])
+    if not self.is_better(metrics):
+      return 'not better'
+    meta = dict(make_meta(), selection={'best_metric': self.best_metric, 'value': value})
+    self.best.save(step, args=_save_args(state, meta), force=True)
     self.best.wait_until_finished()
+    self._discard('best', [s for s in self._steps('best') if s != step])
+    return 'saved'
 
   def latest_step(self):
-    return self.latest.latest_step()
+    return select_step(os.path.dirname(self.dirs['latest']), 'latest')
 
   def kept_steps(self) -> list[int]:
     """Steps of the kept latest checkpoints, oldest first."""
-    return sorted(self.latest.all_steps())
+    return self._steps('latest')
 
   def restore(self, abstract_state, which: str = 'latest', step: int | None = None):
     """(state, meta) from the latest checkpoint, the best one, or a given
     `step` among the kept latest ones (see `kept_steps`)."""
-    manager = self.latest if which == 'latest' else self.best
+    manager = self._manager(which)
     if step is None:
-      step = manager.latest_step() if which == 'latest' else _best_step(manager)
+      step = select_step(os.path.dirname(self.dirs[which]), which)
     if step is None:
       raise CheckpointError(f'no {which} checkpoint in {manager.directory}')
     restored = manager.restore(step, args=ocp.args.Composite(
@@ -119,8 +226,48 @@ def _save_args(state, meta):
                             meta=ocp.args.JsonSave(meta))
 
 
-def _best_step(manager):
-  return manager.best_step() if manager.all_steps() else None
+def finished_steps(directory: str) -> list[int]:
+  """Steps of the finished checkpoints in a folder, oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and is_complete(os.path.join(directory, d)))
+
+
+def recorded_value(step_dir: str) -> float | None:
+  """The selection value a best checkpoint was saved with (`meta['selection']`;
+  checkpoints written before it existed keep it in orbax's `metrics` item)."""
+  try:
+    value = read_json(os.path.join(step_dir, 'meta', 'metadata')).get(
+        'selection', {}).get('value')
+    if value is None and os.path.exists(os.path.join(step_dir, 'metrics', 'metrics')):
+      values = list(read_json(os.path.join(step_dir, 'metrics', 'metrics')).values())
+      value = values[0] if len(values) == 1 else None
+  except (OSError, ValueError):
+    return None
+  return None if value is None else float(value)
+
+
+def select_step(workdir: str, which: str) -> int | None:
+  """The step `which` names: the newest finished latest checkpoint, or the
+  best checkpoint with the highest recorded value (the newest on a tie).
+
+  One rule for training, evaluation and prediction: after a kill between a
+  save and the removal of the one it replaces, two may exist for a moment.
+  """
+  directory = os.path.join(workdir, LATEST_DIR if which == 'latest' else BEST_DIR)
+  steps = finished_steps(directory)
+  if not steps:
+    return None
+  if which == 'latest':
+    return steps[-1]
+  value = lambda s: recorded_value(os.path.join(directory, str(s)))
+  return max(steps, key=lambda s: (-math.inf if value(s) is None else value(s), s))
+
+
+def read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
 
 
 def read_meta(workdir: str, which: str = 'best') -> tuple[dict, str]:
@@ -129,18 +276,15 @@ def read_meta(workdir: str, which: str = 'best') -> tuple[dict, str]:
   Reads the JSON file directly, so callers learn the config before building
   a model. Raises CheckpointError with one line when there is none.
   """
-  order = (BEST_DIR, LATEST_DIR) if which == 'best' else (LATEST_DIR,)
-  for sub in order:
-    directory = os.path.join(workdir, sub)
-    steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()),
-                   reverse=True) if os.path.isdir(directory) else []
-    for step in steps:
-      path = os.path.join(directory, str(step), 'meta', 'metadata')
-      if os.path.exists(path):
-        with open(path) as f:
-          return json.load(f), os.path.join(directory, str(step))
+  order = ('best', 'latest') if which == 'best' else ('latest',)
+  for kind in order:
+    step = select_step(workdir, kind)
+    if step is not None:
+      path = os.path.join(workdir, LATEST_DIR if kind == 'latest' else BEST_DIR, str(step))
+      return read_json(os.path.join(path, 'meta', 'metadata')), path
   raise CheckpointError(f'{workdir}: no checkpoint found (looked in '
-                        f'{", ".join(order)}); train a model there first')
+                        f'{", ".join(BEST_DIR if k == "best" else LATEST_DIR for k in order)}'
+                        '); train a model there first')
 
 
 def abstract_with_shardings(abstract_state, sharding):

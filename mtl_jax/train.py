@@ -189,6 +189,10 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
       checkpointing.check_compatible(saved['config'], config_dict, workdir)
       state, _ = ckpt.restore(trainer.restore_target())
       logging.info('resumed from step %d in %s', int(state['step']), workdir)
+      best = ckpt.best_step()
+      if best is not None and best > int(state['step']):
+        logging.info('best/%d is newer than the resume point: kept, and re-validated '
+                     'when the replay reaches step %d', best, best)
     else:
       state = trainer.init(jax.random.key(config.seed))
       if lead:
@@ -240,10 +244,11 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
         _flush_metrics(pending, writer, {})
         results = trainer.evaluate(state, 'validation', config.eval.max_examples)
         writer.write_scalars(step, evaluation.scalars(results, 'validation'))
-        meta = checkpoint_meta(config, step)
-        if ckpt.is_better(results):
-          meta['ood_reference'] = evaluation.reference_recon_errors(trainer, state)
-        ckpt.save_if_best(step, state, meta, results)
+        outcome = ckpt.update_best(step, state, lambda: dict(
+            checkpoint_meta(config, step),
+            ood_reference=evaluation.reference_recon_errors(trainer, state)), results)
+        if outcome == 'revalidated':
+          logging.info('best/%d re-validated by the replay: kept', step)
       if step % config.train.checkpoint_every_steps == 0 or last:
         _flush_metrics(pending, writer, {})
         ckpt.save_latest(step, state, checkpoint_meta(config, step))

@@ -259,6 +259,9 @@ class ClassificationAccumulator:
   0 not COVID, -1 unknown; where it is -1 or not given, it is derived from an
   exact label (label 0 = COVID). `auc_covid` uses every example whose
   COVID-vs-rest answer is known, so set-labelled examples count there.
+  `auc_macro` averages the one-vs-rest AUCs of the classes that have both
+  positives and negatives among the exact labels (named in
+  `auc_macro_classes`); scikit-learn would return nan when a class is absent.
   """
 
   def __init__(self, num_classes: int, class_names: Sequence[str]):
@@ -331,9 +334,13 @@ class ClassificationAccumulator:
       tn = int(cm.sum()) - tp - fn - fp
       out[f'sensitivity_{name}'] = _ratio(tp, tp + fn)
       out[f'specificity_{name}'] = _ratio(tn, tn + fp)
-      aucs.append(roc_auc(p_ex[:, k], y_ex == k))
-    aucs = [a for a in aucs if not math.isnan(a)]
-    out['auc_macro'] = float(np.mean(aucs)) if aucs else math.nan
+      aucs.append((name, roc_auc(p_ex[:, k], y_ex == k)))
+    # Deliberately not scikit-learn's rule (nan when a class is absent): a
+    # validation split of one source often lacks a class, and nan would hide
+    # the classes that can be scored. `auc_macro_classes` says which were.
+    scored = [(name, a) for name, a in aucs if not math.isnan(a)]
+    out['auc_macro'] = float(np.mean([a for _, a in scored])) if scored else math.nan
+    out['auc_macro_classes'] = [name for name, _ in scored]
     if self._has_sources:
       src = np.asarray(self._sources, dtype=object)[exact]
       correct = pred == y_ex

@@ -206,8 +206,19 @@ def test_classification_hand_case():
   assert r['auc_covid'] == pytest.approx(7 / 8)
   # one-vs-rest over exact labels: covid 5/6, normal 1, other 1
   assert r['auc_macro'] == pytest.approx((5 / 6 + 1 + 1) / 3)
+  assert r['auc_macro_classes'] == ['covid', 'normal', 'other']
   assert (r['num_cls_examples'], r['num_cls_exact'],
           r['num_auc_covid_examples']) == (6, 5, 6)
+
+
+def test_auc_macro_averages_the_classes_present_and_names_them():
+  acc = metrics.ClassificationAccumulator(3, ['covid', 'normal', 'other'])
+  # No 'other' example: its one-vs-rest AUC is undefined (scikit-learn: nan).
+  acc.update(np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]]),
+             np.array([0, 1, 1]))
+  r = acc.result()
+  assert r['auc_macro_classes'] == ['covid', 'normal']
+  assert r['auc_macro'] == pytest.approx((1.0 + 1.0) / 2)
 
 
 def test_classification_without_covid_positive_or_sources():

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import shutil
 
 import tensorflow_datasets as tfds
 
@@ -63,6 +64,13 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
   """Build `name` at `image_size` into `data_dir` unless already built."""
   module = _builder_module(name)
   image_size = image_size or module.DEFAULT_IMAGE_SIZE
+  sizes = sorted(int(c.name) for c in module.Builder.BUILDER_CONFIGS)
+  if image_size not in sizes:
+    raise DatasetNotFoundError(
+        f'{name} has no stored size {image_size}px; sizes: '
+        f'{", ".join(map(str, sizes))} (--image_size). Another size needs a '
+        f'BuilderConfig of that size in the builder (tfds_builders/common.py SIZES); '
+        'the model resizes inputs to config.data.image_size in any case')
   existing = builder_dir(name, data_dir, image_size, str(module.Builder.VERSION))
   if existing:
     return existing
@@ -70,8 +78,15 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
   builder = module.Builder(config=str(image_size), data_dir=data_dir,
                            file_format='array_record', **kwargs)
   logging.info('building %s/%d into %s', name, image_size, data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir))
+  before, existed = _snapshot(data_dir, name), os.path.isdir(data_dir)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir))
+  except BaseException:
+    _remove_new(data_dir, name, before)
+    if not existed and os.path.isdir(data_dir) and not os.listdir(data_dir):
+      os.rmdir(data_dir)
+    raise
   path = builder_dir(name, data_dir, image_size)
   for split in builder.info.splits:
     source = tfds.builder_from_directory(path).as_data_source(split)
@@ -80,6 +95,25 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
     print(f'{name}/{image_size} {split}: {len(source)} slices, '
           f'{len(patients)} patients')
   return path
+
+
+def _snapshot(data_dir: str, name: str) -> set:
+  """The entries of `data_dir` and every path under `data_dir/name`."""
+  paths = {os.path.join(data_dir, n) for n in os.listdir(data_dir)} \
+      if os.path.isdir(data_dir) else set()
+  for root, dirs, files in os.walk(os.path.join(data_dir, name)):
+    paths.update(os.path.join(root, n) for n in dirs + files)
+  return paths
+
+
+def _remove_new(data_dir: str, name: str, before: set):
+  """Undo a failed build: remove what it created (tfds leaves `NAME/.config/`,
+  `incomplete.*` and `downloads/` folders), keep everything that was there."""
+  for path in sorted(_snapshot(data_dir, name) - before, key=len):
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+      os.remove(path)
 
 
 class DecodedSource:

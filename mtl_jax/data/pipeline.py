@@ -73,6 +73,16 @@ def split_summary(source, lung_crop: bool = False) -> SplitSummary:
       else _summarize(source, lung_crop)
 
 
+def check_built(config):
+  """Every split the run reads exists (train of each source, validation of
+  each eval source), else the one-line DatasetNotFoundError that says how to
+  build it: checked before a run creates anything in its workdir."""
+  for name in config.data.sources:
+    datasets.load_split(name, 'train', config.data.data_dir, config.data.image_size)
+  for name in config.data.eval_sources:
+    datasets.load_split(name, 'validation', config.data.data_dir, config.data.image_size)
+
+
 def source_stats(config) -> dict:
   """{source: [foreground mean, std]} of each training split, for 'per_source'."""
   if config.data.standardize != 'per_source':

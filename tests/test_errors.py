@@ -1,0 +1,98 @@
+"""Mistakes a user can fix end in one line (exit 2); bugs keep their traceback (exit 1)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from mtl_jax import checkpointing, cli, config_loader, errors, predict, volume_io
+from mtl_jax.data import datasets, readers
+from test_builders import _medseg_slices
+
+
+def test_every_user_facing_error_is_a_user_error():
+  for cls in (config_loader.ConfigError, readers.BadInputError, volume_io.InputNotFoundError,
+              datasets.DatasetNotFoundError, checkpointing.CheckpointError,
+              predict.NoModelError, errors.TrainingDivergedError, errors.DistributedError):
+    assert issubclass(cls, errors.UserError), cls
+  # ...and none of them is a built-in error class that a bug could raise too.
+  for builtin in (ValueError, KeyError, RuntimeError, FileNotFoundError, OSError):
+    assert not issubclass(errors.UserError, builtin)
+
+
+def test_a_bug_shows_its_traceback_and_says_so(monkeypatch, capsys):
+  def buggy(args, overrides):
+    return {}['x']  # a KeyError from a bug, not from the user
+  monkeypatch.setattr(cli, '_run', buggy)
+  assert cli.main(['build-data', 'synthetic_ct']) == 1
+  err = capsys.readouterr().err
+  assert 'Traceback' in err and "KeyError: 'x'" in err
+  assert 'this is a bug in mtl-jax' in err.splitlines()[-1]
+
+
+def test_a_user_error_is_one_line_without_traceback(monkeypatch, capsys):
+  def mistake(args, overrides):
+    raise errors.ConfigError('train.global_batch_size=12 is not divisible by the 8 devices')
+  monkeypatch.setattr(cli, '_run', mistake)
+  assert cli.main(['build-data', 'synthetic_ct']) == 2
+  err = capsys.readouterr().err
+  assert err.strip() == ('mtl-jax build-data: error: train.global_batch_size=12 is not '
+                         'divisible by the 8 devices')
+
+
+def test_build_data_unknown_size_names_the_sizes(tmp_path, capsys):
+  assert cli.main(['build-data', 'synthetic_ct', '--data_dir', str(tmp_path),
+                   '--image_size', '32']) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1
+  assert 'no stored size 32px; sizes: 64, 128, 256' in err and 'BuilderConfig' in err
+  assert not os.listdir(tmp_path)
+
+
+def test_unknown_dataset_names_the_known_ones(tmp_path, capsys):
+  assert cli.main(['build-data', 'nope', '--data_dir', str(tmp_path)]) == 2
+  assert 'known datasets: ' in capsys.readouterr().err
+
+
+def test_failed_build_leaves_the_data_folder_as_it_was(tmp_path):
+  root = tmp_path / 'medseg'
+  _medseg_slices(root, n=4)
+  (root / 'train' / 'images' / '0.jpg').write_bytes(b'not a jpeg at all')
+  data_dir = tmp_path / 'data'
+  (data_dir / 'keep').mkdir(parents=True)
+  with pytest.raises(errors.BadInputError, match='1 bad files'):
+    datasets.build_dataset('medseg_covid', str(data_dir), 64, manual_dir=str(root))
+  assert sorted(os.listdir(data_dir)) == ['keep']
+
+
+def test_failed_build_keeps_what_was_built_before(tmp_path, monkeypatch):
+  data_dir = str(tmp_path / 'data')
+  datasets.build_dataset('synthetic_ct', data_dir, 64, num_train=8, num_validation=4,
+                         num_test=4)
+  before = sorted(p for p in datasets._snapshot(data_dir, 'synthetic_ct'))
+
+  def fail(self, **kwargs):
+    os.makedirs(os.path.join(data_dir, 'synthetic_ct', '128', '.config'))
+    raise errors.BadInputError('broken source')
+  monkeypatch.setattr(datasets.tfds.core.DatasetBuilder, 'download_and_prepare', fail)
+  with pytest.raises(errors.BadInputError, match='broken source'):
+    datasets.build_dataset('synthetic_ct', data_dir, 128)
+  assert sorted(datasets._snapshot(data_dir, 'synthetic_ct')) == before
+  assert datasets.load_split('synthetic_ct', 'train', data_dir, 64)[0]['image'].shape == (64, 64)
+
+
+def test_training_without_its_dataset_creates_nothing(tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  code = cli.main(['train', '--config', 'configs/default.py:tiny', '--workdir',
+                   str(workdir), f'--config.data.data_dir={tmp_path / "nodata"}'])
+  assert code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'mtl-jax build-data synthetic_ct' in err
+  assert not workdir.exists()
+
+
+def test_bad_best_metric_is_a_config_error():
+  results = {'dice': 0.5}
+  with pytest.raises(errors.ConfigError, match="no 'auc'"):
+    checkpointing.selection_value(results, 'auc')
+  assert checkpointing.selection_value({'dice': np.nan}, 'dice') is None

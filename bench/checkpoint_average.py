@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mtl_jax import checkpointing, config_loader, evaluation, train  # noqa: E402
+from mtl_jax import checkpointing, evaluation  # noqa: E402
+from mtl_jax import runtime as runtime_lib  # noqa: E402
 
 FIGURES = ('dice', 'auc_covid', 'accuracy', 'auc_macro')
 SOURCES = ('covid_ct', 'mosmed', 'sars_cov2_ct')
@@ -34,27 +35,21 @@ def main():
   parser.add_argument('--split', default='validation')
   args = parser.parse_args()
 
-  meta, _ = checkpointing.read_meta(args.workdir, 'latest')
-  trainer = train.Trainer(config_loader.from_dict(meta['config']))
-  ckpt = checkpointing.Checkpointer(args.workdir, read_only=True,
-                                    best_metric=trainer.config.train.best_metric)
-  try:
-    steps = ckpt.kept_steps()
-    states = [ckpt.restore(trainer.restore_target(), step=s)[0] for s in steps]
-  finally:
-    ckpt.close()
+  loaded = runtime_lib.load(args.workdir, 'latest')
+  runtime = loaded.runtime
+  steps = checkpointing.finished_steps(os.path.join(args.workdir, checkpointing.LATEST_DIR))
+  states = [runtime.restore(args.workdir, 'latest', step=s)[0] for s in steps]
 
   def mean(*leaves):
     return jnp.mean(jnp.stack(leaves), axis=0).astype(leaves[0].dtype)
 
-  averaged = dict(states[-1])
-  for key in ('params', 'batch_stats'):
-    averaged[key] = jax.tree.map(mean, *[s[key] for s in states])
+  averaged = jax.tree.map(mean, *states)
 
   rows = []
-  for name, state in ((f'last ({steps[-1]})', states[-1]),
-                      (f'mean of {"/".join(map(str, steps))}', averaged)):
-    results = evaluation.evaluate(trainer, state, args.split)
+  predict = runtime.predict_fn()
+  for name, variables in ((f'last ({steps[-1]})', states[-1]),
+                          (f'mean of {"/".join(map(str, steps))}', averaged)):
+    results = evaluation.evaluate(runtime, predict, variables, args.split)
     by_source = results.get('by_source', {})
     rows.append([name] + [results.get(f) for f in FIGURES]
                 + [by_source.get(s, {}).get('auc_covid') for s in SOURCES])

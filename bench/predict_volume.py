@@ -35,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from mtl_jax import checkpointing, config_loader, predict, train  # noqa: E402
+from mtl_jax import checkpointing, config_loader, predict  # noqa: E402
+from mtl_jax import runtime as runtime_lib  # noqa: E402
 from mtl_jax.data import synthetic  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -55,19 +56,20 @@ def synthetic_volume_nifti(path, size, slices, spacing_z=1.0):
 
 
 def save_initialised_checkpoint(config, workdir):
-  """A workdir holding a randomly initialised model as its latest checkpoint."""
-  trainer = train.Trainer(config)
-  state = trainer.init(jax.random.key(config.seed))
+  """A workdir holding a randomly initialised model (params and BatchNorm
+  statistics: all that predict restores) as its latest checkpoint."""
+  runtime = runtime_lib.Runtime(config)
+  key = jax.random.key(config.seed)
+  variables = jax.jit(runtime.init_variables, out_shardings=runtime.replicated)(key, key)
   ckpt = checkpointing.Checkpointer(workdir)
-  ckpt.save_latest(0, state, train.checkpoint_meta(config, 0))
+  ckpt.save_latest(0, variables, runtime_lib.checkpoint_meta(config, 0, {}))
   ckpt.close()
-  return trainer, state
+  return runtime, variables
 
 
-def flops_per_slice(trainer, state, size, batch=8):
+def flops_per_slice(runtime, variables, size, batch=8):
   x = jnp.zeros((batch, size, size), jnp.float32)
-  fn = jax.jit(train.make_eval_step(trainer.model, trainer.tasks))
-  cost = fn.lower(state, {'image': x}).compile().cost_analysis()
+  cost = jax.jit(runtime.apply_fn()).lower(variables, x).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops']) / batch
 
@@ -95,8 +97,6 @@ def main():
 
   config = config_loader.load_config(os.path.join(REPO, 'configs', 'default.py') +
                                      f':{args.preset}')
-  n = jax.device_count()
-  config.eval.batch_size = config.train.global_batch_size = -(-args.batch_size // n) * n
   with tempfile.TemporaryDirectory(prefix='bench-predict-') as tmp:
     t = time.perf_counter()
     volume = os.path.join(tmp, 'volume.nii.gz')
@@ -104,9 +104,9 @@ def main():
     print(f'wrote {args.size}x{args.size}x{args.slices} volume in '
           f'{time.perf_counter() - t:.0f} s', file=sys.stderr)
     workdir = os.path.join(tmp, 'model')
-    trainer, state = save_initialised_checkpoint(config, workdir)
-    flops = flops_per_slice(trainer, state, config.data.image_size)
-    del trainer, state
+    runtime, variables = save_initialised_checkpoint(config, workdir)
+    flops = flops_per_slice(runtime, variables, config.data.image_size)
+    del runtime, variables
     gflops = matmul_gflops()
 
     t = time.perf_counter()
@@ -121,6 +121,7 @@ def main():
   passes = 2 if args.tta else 1
   floor_s = flops * args.slices * passes / (gflops * 1e9)
   peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+  n = jax.device_count()
   device = f'{jax.devices()[0].platform} x{n} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
   print('| volume | model | device | batch | tta | end-to-end s (load+compile+read->write) '
         '| read->write s | slices/s | GFLOP/slice | matmul GFLOP/s | FLOP floor s '

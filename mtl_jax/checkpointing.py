@@ -206,14 +206,25 @@ class Checkpointer:
   def restore(self, abstract_state, which: str = 'latest', step: int | None = None):
     """(state, meta) from the latest checkpoint, the best one, or a given
     `step` among the kept latest ones (see `kept_steps`)."""
+    return self._restore(which, step, ocp.args.StandardRestore(abstract_state))
+
+  def restore_variables(self, abstract_variables, which: str = 'best',
+                        step: int | None = None):
+    """(variables, meta): only the parts of the state named in
+    `abstract_variables` (params and batch_stats for inference), never the
+    optimizer state."""
+    return self._restore(which, step, ocp.args.PyTreeRestore(
+        item=abstract_variables, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables)))
+
+  def _restore(self, which, step, state_args):
     manager = self._manager(which)
     if step is None:
       step = select_step(os.path.dirname(self.dirs[which]), which)
     if step is None:
       raise CheckpointError(f'no {which} checkpoint in {manager.directory}')
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
+        state=state_args, meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
 
   def close(self):
@@ -285,6 +296,15 @@ def read_meta(workdir: str, which: str = 'best') -> tuple[dict, str]:
   raise CheckpointError(f'{workdir}: no checkpoint found (looked in '
                         f'{", ".join(BEST_DIR if k == "best" else LATEST_DIR for k in order)}'
                         '); train a model there first')
+
+
+def kind_of(step_dir: str) -> str:
+  """'best' or 'latest': which folder a checkpoint step folder is in."""
+  return 'best' if os.path.basename(os.path.dirname(step_dir)) == BEST_DIR else 'latest'
+
+
+def step_of(step_dir: str) -> int:
+  return int(os.path.basename(step_dir))
 
 
 def abstract_with_shardings(abstract_state, sharding):

@@ -1,9 +1,11 @@
 """Evaluation over a whole split, and `mtl-jax evaluate` on a workdir.
 
-The jitted eval step runs on sharded, padded batches; predictions come back
-to the host where each task's accumulator pools them over the split, so
-pooled metrics (Dice over all pixels) and ranking metrics (ROC AUC over all
-examples) are computed exactly once, over every example.
+An evaluator gets a runtime (tasks, mesh, config), a jitted predict function
+(`Runtime.predict_fn`) and model variables; it never sees a trainer or an
+optimizer. The predict function runs on sharded, padded batches;
+predictions come back to the host where each task's accumulator pools them
+over the split, so pooled metrics (Dice over all pixels) and ranking metrics
+(ROC AUC over all examples) are computed exactly once, over every example.
 """
 
 from __future__ import annotations
@@ -14,27 +16,30 @@ import os
 import jax
 import numpy as np
 
-from mtl_jax import checkpointing, config_loader, jsonio, metrics_summary, parallel
+from mtl_jax import jsonio, metrics_summary, parallel
+from mtl_jax import runtime as runtime_lib
 from mtl_jax.data import pipeline
 
 
-def _run(trainer, state, split, source_name, max_examples, accumulator_sets):
+def _run(runtime, predict, variables, split, source_name, max_examples, accumulator_sets):
   """Feed one source's split through the model into every accumulator set."""
-  config = trainer.config
+  config = runtime.config
+  parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size',
+                            num_devices=runtime.mesh.size)
   shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
   local_batch = config.eval.batch_size // jax.process_count()
   for local in pipeline.eval_batches(config, split, local_batch, source_name,
                                      shard, max_examples):
-    predictions = parallel.to_host(
-        trainer.eval_step(state, parallel.global_batch(local, trainer.mesh)))
+    images = parallel.global_batch({'image': local['image']}, runtime.mesh)['image']
+    predictions = parallel.to_host(predict(variables, images))
     host_batch = _host_batch(local, source_name)
     for accumulators in accumulator_sets:
       for name, accumulator in accumulators.items():
-        trainer.tasks[name].update(accumulator, predictions, host_batch)
+        runtime.tasks[name].update(accumulator, predictions, host_batch)
 
 
-def _summarize(trainer, accumulators) -> dict:
-  config = trainer.config
+def _summarize(runtime, accumulators) -> dict:
+  config = runtime.config
   return metrics_summary.summarize(
       accumulators.get('seg'), accumulators.get('cls'), accumulators.get('recon'),
       bootstrap=config.eval.bootstrap_resamples > 0,
@@ -50,29 +55,30 @@ def scalars(results: dict, prefix: str) -> dict:
   return out
 
 
-def evaluate(trainer, state, split: str, max_examples: int | None = None) -> dict:
+def evaluate(runtime, predict, variables, split: str,
+             max_examples: int | None = None) -> dict:
   """Metrics pooled over every eval source, and each source's own under `by_source`.
 
   Sources without masks add nothing to Dice, sources without labels nothing
   to accuracy, so the pooled figures use exactly the examples that can be scored.
   """
-  config = trainer.config
+  config = runtime.config
   max_examples = config.eval.max_examples if max_examples is None else max_examples
-  new = lambda: {name: task.accumulator() for name, task in trainer.tasks.items()}
+  new = lambda: {name: task.accumulator() for name, task in runtime.tasks.items()}
   pooled, by_source = new(), {}
   for source_name in config.data.eval_sources:
     by_source[source_name] = new()
-    _run(trainer, state, split, source_name, max_examples,
+    _run(runtime, predict, variables, split, source_name, max_examples,
          (pooled, by_source[source_name]))
-  results = _summarize(trainer, pooled)
+  results = _summarize(runtime, pooled)
   if len(by_source) > 1:
-    results['by_source'] = {name: _summarize(trainer, accs)
+    results['by_source'] = {name: _summarize(runtime, accs)
                             for name, accs in by_source.items()}
   results['split'] = split
   return results
 
 
-def reference_recon_errors(trainer, state, num_examples: int = 256) -> dict | None:
+def reference_recon_errors(runtime, predict, variables, num_examples: int = 256) -> dict | None:
   """The distribution of reconstruction error on in-distribution, held-out slices.
 
   Stored with the checkpoint: `mtl-jax predict` reports a study's error as a
@@ -82,12 +88,12 @@ def reference_recon_errors(trainer, state, num_examples: int = 256) -> dict | No
   slices it has seen better than any new scan, so a training-slice reference
   flags ordinary new CT as outliers.
   """
-  if 'recon' not in trainer.tasks:
+  if 'recon' not in runtime.tasks:
     return None
-  sources = tuple(trainer.config.data.eval_sources)
-  accumulators = {'recon': trainer.tasks['recon'].accumulator()}
+  sources = tuple(runtime.config.data.eval_sources)
+  accumulators = {'recon': runtime.tasks['recon'].accumulator()}
   for source_name in sources:
-    _run(trainer, state, 'validation', source_name,
+    _run(runtime, predict, variables, 'validation', source_name,
          max(1, num_examples // len(sources)), (accumulators,))
   errors = accumulators['recon'].per_example_mse
   return {'metric': 'per-slice reconstruction MSE', 'sources': list(sources),
@@ -113,20 +119,10 @@ def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best
                      overrides: list[str] | None = None) -> dict:
   """Restore a workdir's best (or latest) checkpoint, evaluate `split`, write
   eval_<split>.json (eval_<split>_latest.json for the latest)."""
-  from mtl_jax import train  # pylint: disable=g-import-not-at-top  (cycle)
-  meta, path = checkpointing.read_meta(workdir, which)
-  config = config_loader.from_dict(meta['config'])
-  config_loader.apply_overrides(config, overrides or [])
-  trainer = train.Trainer(config)
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True,
-                                    best_metric=config.train.best_metric)
-  try:
-    state, _ = ckpt.restore(trainer.restore_target(), which=which)
-  finally:
-    ckpt.close()
-  results = evaluate(trainer, state, split)
-  results['checkpoint'] = os.path.abspath(path)
-  results['step'] = int(state['step'])
+  loaded = runtime_lib.load(workdir, which, overrides or [])
+  results = evaluate(loaded.runtime, loaded.runtime.predict_fn(), loaded.variables, split)
+  results['checkpoint'] = os.path.abspath(loaded.path)
+  results['step'] = loaded.step
   if jax.process_index() == 0:
     out = os.path.join(workdir, f'eval_{split}{"_latest" if which == "latest" else ""}.json')
     jsonio.write_json(out, results, sort_keys=True)

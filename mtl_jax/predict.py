@@ -44,12 +44,11 @@ import os
 import pathlib
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax import (checkpointing, config_loader, errors, jsonio, lungs, parallel, replay,
-                     report, volume_io)
+from mtl_jax import checkpointing, errors, jsonio, lungs, parallel, replay, report
+from mtl_jax import runtime as runtime_lib
+from mtl_jax import volume_io
 from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
 
 AGG_FRACTION = 0.10
@@ -90,80 +89,36 @@ def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
   return probs[top].mean(axis=0), np.sort(top)
 
 
-def _make_step(model, tasks, tta: bool, multi: bool):
-  """The eval apply (model.apply + each task's predict, as train.make_eval_step),
-  plus per-class seg probabilities, per-slice recon MSE and flip TTA."""
-  def once(variables, images):
-    outputs = model.apply(variables, images[..., None], train=False)
-    pred = {}
-    for task in tasks.values():
-      pred.update(task.predict(outputs))
-    if multi:
-      pred['class_probs'] = jax.nn.softmax(outputs['seg_logits'].astype(jnp.float32))
-    return pred
-
-  def step(variables, images):
-    p = once(variables, images)
-    out = {}
-    if 'recon' in p:
-      out['recon_mse'] = jnp.mean((p['recon'][..., 0] - images) ** 2, axis=(1, 2))
-    seg = p.get('class_probs' if multi else 'seg_prob')
-    cls = p.get('cls_probs')
-    if tta:
-      q = once(variables, images[:, :, ::-1])
-      if seg is not None:
-        seg = (seg + q['class_probs' if multi else 'seg_prob'][:, :, ::-1]) / 2
-      if cls is not None:
-        cls = (cls + q['cls_probs']) / 2
-    if seg is not None:
-      out['seg'] = seg
-    if cls is not None:
-      out['cls_probs'] = cls
-    return out
-  return step
-
-
 class Predictor:
   """A restored checkpoint and its jitted, sharded apply; `predict_study` per input."""
 
   def __init__(self, workdir, batch_size: int | None = None, tta: bool = False,
                which: str = 'best'):
-    from mtl_jax import train  # pylint: disable=g-import-not-at-top
-    self.meta, self.path = load_meta(workdir, which)
+    load_meta(workdir, which)  # a one-line error for a folder without a model
+    loaded = runtime_lib.load(workdir, which)
+    self.runtime, self.variables, self.meta = loaded.runtime, loaded.variables, loaded.meta
+    self.path, self.which, self.step = loaded.path, loaded.which, loaded.step
     self.workdir, self.tta = os.path.abspath(workdir), bool(tta)
-    self.which = ('best' if os.path.basename(os.path.dirname(self.path)) ==
-                  checkpointing.BEST_DIR else 'latest')
-    config = config_loader.from_dict(self.meta['config'])
+    config = self.runtime.config
     requested = int(batch_size or config.eval.batch_size)
     if requested < 1:
       raise errors.UserError(f'--batch_size must be positive, got {requested}')
-    n = jax.device_count()  # pad up to a multiple of the devices
+    n = self.runtime.mesh.size  # pad up to a multiple of the devices
     self.batch_size = -(-requested // n) * n
-    config.train.global_batch_size = config.eval.batch_size = self.batch_size
-    self.trainer = train.Trainer(config)
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True,
-                                      best_metric=config.train.best_metric)
-    try:
-      state, _ = ckpt.restore(self.trainer.restore_target(), which=self.which)
-    finally:
-      ckpt.close()
-    self.step = int(state['step'])
-    self.variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-    del state  # the optimizer state is not needed
     self.replay = replay.InputReplay(self.meta['preprocessing'])
     self.image_size, self.window = self.replay.image_size, self.replay.window
     self.class_names = list(CLASS_NAMES[:config.model.num_classes])
-    self.multi = 'seg' in self.trainer.tasks and config.model.num_seg_classes > 1
-    mesh = self.trainer.mesh
-    self._apply = jax.jit(
-        _make_step(self.trainer.model, self.trainer.tasks, self.tta, self.multi),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-        out_shardings=parallel.batch_sharded(mesh))
+    self.tasks = self.runtime.tasks
+    self.multi = 'seg' in self.tasks and config.model.num_seg_classes > 1
+    self._apply = self.runtime.predict_fn(self.tta, extras=True)
 
   def predict_batch(self, images: np.ndarray) -> dict:
     """(B, S, S) model inputs -> numpy {'seg', 'cls_probs', 'recon_mse'} (tests patch this)."""
-    batch = parallel.global_batch({'image': images}, self.trainer.mesh)['image']
-    return parallel.to_host(self._apply(self.variables, batch))
+    batch = parallel.global_batch({'image': images}, self.runtime.mesh)['image']
+    out = parallel.to_host(self._apply(self.variables, batch))
+    seg = out.get('seg_class_probs' if self.multi else 'seg_prob')
+    return {k: v for k, v in (('seg', seg), ('cls_probs', out.get('cls_probs')),
+                              ('recon_mse', out.get('recon_mse'))) if v is not None}
 
   def predict_study(self, study: volume_io.Study, dest, save_probability=False,
                     reference_mask=None) -> dict:
@@ -172,7 +127,7 @@ class Predictor:
     dest.mkdir(parents=True, exist_ok=True)
     render, rendering, render_warning = self.replay.renderer(study.intensity)
     shape, num, size = study.volume.shape, study.num_slices, self.image_size
-    has_seg = 'seg' in self.trainer.tasks
+    has_seg = 'seg' in self.tasks
     labels = np.zeros(shape, np.uint8) if has_seg else None
     prob = np.zeros(shape, np.uint8) if has_seg and save_probability else None
     cls = np.full((num, len(self.class_names)), np.nan, np.float32)
@@ -288,7 +243,7 @@ class Predictor:
         'input': report.input_info(study),
         'checkpoint': {'workdir': self.workdir, 'path': os.path.abspath(self.path),
                        'which': self.which, 'step': self.step,
-                       'tasks': list(self.trainer.tasks)},
+                       'tasks': list(self.tasks)},
         'preprocessing': {
             'image_size': self.image_size, 'window_hu': list(self.window),
             'model_input_kind': self.replay.model_kind, 'rendering': rendering,

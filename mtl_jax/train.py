@@ -15,16 +15,16 @@ import logging
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax import checkpointing, config_loader, errors, evaluation, jsonio, models, parallel
+from mtl_jax import checkpointing, config_loader, errors, evaluation, jsonio, parallel
+from mtl_jax import runtime as runtime_lib
 from mtl_jax import tasks as tasks_lib
 from mtl_jax import writers, xla_cpu
-from mtl_jax.data import pipeline, preprocess
+from mtl_jax.data import pipeline
 
 
 def make_optimizer(config):
@@ -43,16 +43,13 @@ def make_optimizer(config):
   return tx, schedule
 
 
-def init_state(model, tx, config, rng):
+def init_state(runtime, tx, rng):
   """The initial train state as a plain dict."""
-  size = config.data.image_size
   params_rng, dropout_rng, rng = jax.random.split(rng, 3)
-  variables = model.init({'params': params_rng, 'dropout': dropout_rng},
-                         jnp.zeros((1, size, size, 1), jnp.float32), train=False)
-  params = variables['params']
-  return {'step': jnp.zeros((), jnp.int32), 'params': params,
-          'batch_stats': variables.get('batch_stats', {}),
-          'opt_state': tx.init(params), 'rng': rng}
+  variables = runtime.init_variables(params_rng, dropout_rng)
+  return {'step': jnp.zeros((), jnp.int32), 'params': variables['params'],
+          'batch_stats': variables['batch_stats'],
+          'opt_state': tx.init(variables['params']), 'rng': rng}
 
 
 def make_train_step(model, tasks, tx, schedule, config):
@@ -79,76 +76,44 @@ def make_train_step(model, tasks, tx, schedule, config):
   return train_step
 
 
-def make_eval_step(model, tasks):
-  def eval_step(state, batch):
-    outputs = model.apply({'params': state['params'],
-                           'batch_stats': state['batch_stats']},
-                          batch['image'][..., None], train=False)
-    predictions = {}
-    for task in tasks.values():
-      predictions.update(task.predict(outputs))
-    return predictions
-  return eval_step
+def variables_of(state) -> dict:
+  """The part of a train state that inference uses."""
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
 class Trainer:
-  """Everything built from a config: model, tasks, mesh, jitted functions."""
+  """A runtime (model, tasks, mesh, inference apply) plus optimizer and train step."""
 
   def __init__(self, config, devices=None):
-    self.mesh = parallel.create_mesh(devices)
+    self.runtime = runtime_lib.Runtime(config, devices)
+    self.config, self.mesh, self.tasks = config, self.runtime.mesh, self.runtime.tasks
     parallel.check_batch_size(config.train.global_batch_size,
                               num_devices=self.mesh.size)
-    parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size',
-                              num_devices=self.mesh.size)
-    self.config = config
-    self.tasks = tasks_lib.make_tasks(config)
-    if not self.tasks:
-      raise errors.ConfigError('every loss weight is 0: enable at least one task in '
-                       'config.loss.weights')
-    self.model = models.build_model(config, tuple(self.tasks))
     self.tx, self.schedule = make_optimizer(config)
-    self.repl = parallel.replicated(self.mesh)
-    init_fn = functools.partial(init_state, self.model, self.tx, config)
+    repl = self.runtime.replicated
+    init_fn = functools.partial(init_state, self.runtime, self.tx)
     self.abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
-    self.init = jax.jit(init_fn, out_shardings=self.repl)
-    batch_sharding = parallel.batch_sharded(self.mesh)
+    self.init = jax.jit(init_fn, out_shardings=repl)
     self.train_step = jax.jit(
-        make_train_step(self.model, self.tasks, self.tx, self.schedule, config),
-        in_shardings=(self.repl, batch_sharding),
-        out_shardings=(self.repl, self.repl), donate_argnums=(0,),
+        make_train_step(self.runtime.model, self.tasks, self.tx, self.schedule, config),
+        in_shardings=(repl, self.runtime.batch_sharded),
+        out_shardings=(repl, repl), donate_argnums=(0,),
         # On the CPU: Eigen convolutions, whose weight gradients are ~2x
         # faster than YNNPACK's (mtl_jax/xla_cpu.py; bench/RESULTS.md).
         compiler_options=xla_cpu.train_compiler_options())
-    self.eval_step = jax.jit(make_eval_step(self.model, self.tasks),
-                             in_shardings=(self.repl, batch_sharding),
-                             out_shardings=batch_sharding)
+    self.predict = self.runtime.predict_fn()
 
   def restore_target(self):
-    return checkpointing.abstract_with_shardings(self.abstract_state, self.repl)
-
-  def summary(self) -> str:
-    size = self.config.data.image_size
-    return nn.tabulate(self.model, {'params': jax.random.key(0),
-                                    'dropout': jax.random.key(1)},
-                       depth=1, console_kwargs={'width': 120})(
-                           jnp.zeros((1, size, size, 1)), train=False)
+    return checkpointing.abstract_with_shardings(self.abstract_state,
+                                                 self.runtime.replicated)
 
   def evaluate(self, state, split: str, max_examples: int | None = None):
-    return evaluation.evaluate(self, state, split, max_examples)
+    return evaluation.evaluate(self.runtime, self.predict, variables_of(state), split,
+                               max_examples)
 
 
 def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-
-
-def checkpoint_meta(config, step: int) -> dict:
-  """What evaluation and prediction need to rebuild and replay the model."""
-  return {'config': json.loads(config_loader.to_json(config)),
-          'preprocessing': preprocess.settings_from_config(
-              config, pipeline.source_stats(config)),
-          'tasks': list(tasks_lib.enabled_tasks(config)),
-          'data_iterator': {'step': int(step),
-                            'sources': dict(config.data.sources)}}
 
 
 def _flush_metrics(pending, writer, timing):
@@ -197,7 +162,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     else:
       state = trainer.init(jax.random.key(config.seed))
       if lead:
-        print(trainer.summary())
+        print(trainer.runtime.summary())
   except BaseException:
     ckpt.close()
     raise
@@ -211,8 +176,10 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
     writer.write_hparams({'num_params': num_params, 'preset': config.preset})
 
   try:
+    stats = pipeline.source_stats(config)
+    meta_at = lambda step: runtime_lib.checkpoint_meta(config, step, stats)
     shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
-    batches = pipeline.iterate(pipeline.train_dataset(config, shard), start, config)
+    batches = pipeline.iterate(pipeline.train_dataset(config, shard, stats), start, config)
     total = config.train.num_train_steps
     report = writers.periodic_actions.ReportProgress(num_train_steps=total,
                                                      writer=writer)
@@ -246,13 +213,13 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
         results = trainer.evaluate(state, 'validation', config.eval.max_examples)
         writer.write_scalars(step, evaluation.scalars(results, 'validation'))
         outcome = ckpt.update_best(step, state, lambda: dict(
-            checkpoint_meta(config, step),
-            ood_reference=evaluation.reference_recon_errors(trainer, state)), results)
+            meta_at(step), ood_reference=evaluation.reference_recon_errors(
+                trainer.runtime, trainer.predict, variables_of(state))), results)
         if outcome == 'revalidated':
           logging.info('best/%d re-validated by the replay: kept', step)
       if step % config.train.checkpoint_every_steps == 0 or last:
         _flush_metrics(pending, writer, {})
-        ckpt.save_latest(step, state, checkpoint_meta(config, step))
+        ckpt.save_latest(step, state, meta_at(step))
       t_log += time.time() - t_pause
       if step == interrupt_at_step:
         break

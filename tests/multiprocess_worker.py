@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_jax import checkpointing, config_loader, distributed, evaluation, parallel, train  # noqa: E402
+from mtl_jax import checkpointing, config_loader, distributed, parallel, runtime, train  # noqa: E402
 from mtl_jax.data import pipeline  # noqa: E402
 
 nproc, pid = int(nproc), int(pid)
@@ -49,8 +49,8 @@ if action == 'train':
   for _ in range(2):
     state, terms = trainer.train_step(state, parallel.global_batch(local, trainer.mesh))
     losses.append(float(parallel.to_host(terms)['loss']))
-  ckpt.save_latest(2, state, train.checkpoint_meta(config, 2))
-  scores = evaluation.evaluate(trainer, state, 'validation')
+  ckpt.save_latest(2, state, runtime.checkpoint_meta(config, 2, {}))
+  scores = trainer.evaluate(state, 'validation')
   result = {'losses': losses, 'checksum': checksum(state),
             'eval': {k: scores[k] for k in ('dice', 'accuracy', 'auc_covid', 'recon_mse',
                                             'confusion_matrix')}}

@@ -183,7 +183,7 @@ def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():
            'label': np.zeros(8, np.int32), 'label_set': np.eye(3, dtype=np.float32)[[0] * 8],
            'has_label': np.ones(8, np.float32), 'valid': np.ones(8, np.float32)}
   train_hlo = trainer.train_step.lower(state, batch).compile().as_text()
-  eval_hlo = trainer.eval_step.lower(state, batch).compile().as_text()
+  eval_hlo = trainer.predict.lower(train.variables_of(state), batch['image']).compile().as_text()
   assert ' convolution(' in train_hlo and 'ynn_fusion' in eval_hlo
 
 

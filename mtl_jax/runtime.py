@@ -1,0 +1,159 @@
+"""What training, evaluation and prediction share: model, apply, checkpoint record, restore.
+
+A `Runtime` is built from a config alone: the enabled tasks, the model with
+their heads, the device mesh, and the abstract model variables (params and
+BatchNorm statistics). It owns the one jitted inference apply
+(`predict_fn`), with optional left-right flip TTA and the extra outputs
+`predict` reports, and the one restore sequence (`load` for inference,
+`Runtime.restore` for training). The trainer adds an optimizer and a loop on
+top; evaluation and prediction never import it (big_vision's predict_fns,
+nnU-Net's predictor that builds only the network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtl_jax import checkpointing, config_loader, models, parallel
+from mtl_jax import tasks as tasks_lib
+from mtl_jax.data import preprocess
+from mtl_jax.errors import ConfigError
+
+
+class Runtime:
+  """Model, tasks and mesh of a config, its jitted inference, its restore."""
+
+  def __init__(self, config, devices=None):
+    self.config = config
+    self.mesh = parallel.create_mesh(devices)
+    self.tasks = tasks_lib.make_tasks(config)
+    if not self.tasks:
+      raise ConfigError('every loss weight is 0: enable at least one task in '
+                        'config.loss.weights')
+    self.model = models.build_model(config, tuple(self.tasks))
+    self.replicated = parallel.replicated(self.mesh)
+    self.batch_sharded = parallel.batch_sharded(self.mesh)
+    key = jax.random.key(0)
+    self.abstract_variables = jax.eval_shape(self.init_variables, key, key)
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)
+
+  def init_variables(self, params_rng, dropout_rng) -> dict:
+    """Fresh {'params', 'batch_stats'} (pure: jit or eval_shape it)."""
+    size = self.image_size
+    variables = self.model.init({'params': params_rng, 'dropout': dropout_rng},
+                                jnp.zeros((1, size, size, 1), jnp.float32), train=False)
+    return {'params': variables['params'],
+            'batch_stats': variables.get('batch_stats', {})}
+
+  def apply_fn(self, tta: bool = False, extras: bool = False):
+    """(variables, images (B, S, S)) -> every task's predictions, unjitted.
+
+    `extras` adds what `predict` reports: per-class segmentation
+    probabilities (`seg_class_probs`, multi-class models) and each slice's
+    reconstruction error (`recon_mse`). `tta` averages the segmentation and
+    class probabilities with those of the left-right flipped slice; label
+    maps are then re-derived from the averaged probabilities by the caller.
+    """
+    model, tasks = self.model, self.tasks
+    multi = 'seg' in tasks and self.config.model.num_seg_classes > 1
+
+    def once(variables, images):
+      outputs = model.apply(variables, images[..., None], train=False)
+      predictions = {}
+      for task in tasks.values():
+        predictions.update(task.predict(outputs))
+      if extras and multi:
+        predictions['seg_class_probs'] = jax.nn.softmax(
+            outputs['seg_logits'].astype(jnp.float32), axis=-1)
+      return predictions
+
+    def apply(variables, images):
+      predictions = once(variables, images)
+      if extras and 'recon' in predictions:
+        predictions['recon_mse'] = jnp.mean(
+            (predictions['recon'][..., 0] - images) ** 2, axis=(1, 2))
+      if tta:
+        flipped = once(variables, images[:, :, ::-1])
+        for key in ('seg_prob', 'seg_class_probs', 'cls_probs'):
+          if key in predictions:
+            other = flipped[key] if key == 'cls_probs' else flipped[key][:, :, ::-1]
+            predictions[key] = (predictions[key] + other) / 2
+      return predictions
+    return apply
+
+  def predict_fn(self, tta: bool = False, extras: bool = False):
+    """`apply_fn` jitted over the mesh: variables replicated, batch sharded."""
+    return jax.jit(self.apply_fn(tta, extras),
+                   in_shardings=(self.replicated, self.batch_sharded),
+                   out_shardings=self.batch_sharded)
+
+  def summary(self) -> str:
+    size = self.image_size
+    return nn.tabulate(self.model, {'params': jax.random.key(0),
+                                    'dropout': jax.random.key(1)},
+                       depth=1, console_kwargs={'width': 120})(
+                           jnp.zeros((1, size, size, 1)), train=False)
+
+  def restore(self, workdir: str, which: str = 'best', step: int | None = None,
+              abstract_state: dict | None = None):
+    """(state or variables, meta) from a workdir's checkpoint.
+
+    For training pass the abstract train state (`abstract_state`): all of it
+    is restored, optimizer included. Otherwise only {'params',
+    'batch_stats'} are read, replicated over the mesh.
+    """
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    try:
+      if abstract_state is not None:
+        return ckpt.restore(checkpointing.abstract_with_shardings(
+            abstract_state, self.replicated), which, step)
+      return ckpt.restore_variables(checkpointing.abstract_with_shardings(
+          self.abstract_variables, self.replicated), which, step)
+    finally:
+      ckpt.close()
+
+
+def checkpoint_meta(config, step: int, source_stats: dict) -> dict:
+  """What evaluation and prediction need to rebuild and replay the model."""
+  return {'config': json.loads(config_loader.to_json(config)),
+          'preprocessing': preprocess.settings_from_config(config, source_stats),
+          'tasks': list(tasks_lib.enabled_tasks(config)),
+          'data_iterator': {'step': int(step), 'sources': dict(config.data.sources)}}
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A restored model, ready for inference."""
+  runtime: Runtime
+  variables: dict
+  meta: dict
+  path: str  # the checkpoint's step folder
+  which: str  # 'best' or 'latest'
+  step: int
+
+
+def load(workdir: str, which: str = 'best', overrides=(), devices=None) -> Loaded:
+  """The one restore sequence for inference: read the checkpoint's record,
+  rebuild its config and model, restore parameters and batch statistics.
+
+  `which='best'` falls back to the latest checkpoint when no best exists.
+  `overrides` (--config.KEY=VALUE) may change evaluation settings, never the
+  architecture (`checkpointing.check_compatible`).
+  """
+  meta, path = checkpointing.read_meta(workdir, which)
+  config = config_loader.from_dict(meta['config'])
+  config_loader.apply_overrides(config, list(overrides))
+  checkpointing.check_compatible(meta['config'],
+                                 json.loads(config_loader.to_json(config)), workdir)
+  found = checkpointing.kind_of(path)
+  runtime = Runtime(config, devices)
+  variables, meta = runtime.restore(workdir, found, step=checkpointing.step_of(path))
+  return Loaded(runtime, variables, meta, path, found, checkpointing.step_of(path))

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from mtl_jax import config_loader, parallel, train  # noqa: E402
-from mtl_jax.data import datasets, pipeline  # noqa: E402
+from mtl_jax.data import pipeline  # noqa: E402
+from tfds_builders import registry  # noqa: E402
 
 
 def delivered_rate(config, num_batches: int) -> float:
@@ -65,7 +66,7 @@ def main():
   config.data.data_dir = args.data_dir
   config.data.image_size = args.image_size
   for name in config.data.sources:
-    datasets.build_dataset(name, args.data_dir, args.image_size)
+    registry.build_dataset(name, args.data_dir, args.image_size)
 
   rows = []
   for augment in (False, True):

@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, overrides) -> int:
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
   from mtl_jax import config_loader, demo, evaluation, train  # pylint: disable=g-import-not-at-top
-  from mtl_jax.data import datasets  # pylint: disable=g-import-not-at-top
 
   if args.command in ('train', 'evaluate'):
     from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
@@ -130,7 +129,8 @@ def _run(args, overrides) -> int:
   elif args.command == 'build-data':
     kwargs = {key: value for key, value in (('manual_dir', args.manual_dir),
                                             ('skip_bad', args.skip_bad)) if value}
-    path = datasets.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
+    from tfds_builders import registry  # pylint: disable=g-import-not-at-top
+    path = registry.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
     print(path)
   elif args.command == 'predict':
     from mtl_jax import predict  # pylint: disable=g-import-not-at-top

@@ -6,7 +6,7 @@ import logging
 import time
 
 from mtl_jax import config_loader, evaluation, train
-from mtl_jax.data import datasets
+from tfds_builders import registry
 
 TABLE_ROWS = (
     ('Dice (pooled)', 'dice', 'dice_ci95'),
@@ -56,7 +56,7 @@ def run_demo(workdir: str, config_spec: str = 'configs/default.py:demo',
   start = time.time()
   config = config_loader.load_config(config_spec, overrides)
   for name in config.data.sources:
-    datasets.build_dataset(name, config.data.data_dir, config.data.image_size)
+    registry.build_dataset(name, config.data.data_dir, config.data.image_size)
   train.train_and_evaluate(config, workdir)
   results = {split: evaluation.evaluate_workdir(workdir, split)
              for split in ('validation', 'test')}

@@ -33,9 +33,9 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory) -> str:
   """A small synthetic_ct build at 64 px, shared by the end-to-end tests."""
-  from mtl_jax.data import datasets
+  from tfds_builders import registry
   data_dir = str(tmp_path_factory.mktemp('data'))
-  datasets.build_dataset('synthetic_ct', data_dir, 64, num_train=64,
+  registry.build_dataset('synthetic_ct', data_dir, 64, num_train=64,
                          num_validation=32, num_test=32)
   return data_dir
 

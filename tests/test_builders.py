@@ -2,7 +2,7 @@
 
 Fixtures are written per test (NIfTI with non-identity affines, palette PNG
 masks, split lists, CSV, a DICOM series) and built at 64 px with the public
-`datasets.build_dataset` / `datasets.load_split`, as the CLI does.
+`registry.build_dataset` / `datasets.load_split`, as the CLI does.
 """
 
 import collections
@@ -17,6 +17,7 @@ from PIL import Image
 
 from mtl_jax.data import datasets, features
 from mtl_jax.data.readers import BadInputError
+from tfds_builders import registry
 
 SIZE = 64
 # RAS voxel -> mm for data stored LPS-flipped with axes (y, x, z) swapped.
@@ -82,7 +83,7 @@ def _dicom_series(folder, display_slices, modality='CT'):
 
 def _build(name, tmp_path, manual, tag='data', **kwargs):
   data_dir = str(tmp_path / tag)
-  path = datasets.build_dataset(name, data_dir, SIZE, manual_dir=str(manual), **kwargs)
+  path = registry.build_dataset(name, data_dir, SIZE, manual_dir=str(manual), **kwargs)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   splits = {s: datasets.load_split(name, s, data_dir, SIZE)
             for s in tfds.builder_from_directory(path).info.splits}
@@ -431,7 +432,7 @@ def test_empty_or_wrong_layout_names_the_expected_layout(tmp_path):
 
 def _real(name, tmp_path_factory, **kwargs):
   data_dir = tmp_path_factory.getbasetemp() / 'real'
-  path = datasets.build_dataset(name, str(data_dir), SIZE, **kwargs)
+  path = registry.build_dataset(name, str(data_dir), SIZE, **kwargs)
   splits = {s: datasets.load_split(name, s, str(data_dir), SIZE)
             for s in ('train', 'validation')}
   return {s: [src[i] for i in range(len(src))] for s, src in splits.items()}, path

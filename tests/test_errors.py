@@ -8,6 +8,7 @@ import pytest
 from mtl_jax import checkpointing, cli, config_loader, errors, predict, volume_io
 from mtl_jax.data import datasets, readers
 from test_builders import _medseg_slices
+from tfds_builders import registry
 
 
 def test_every_user_facing_error_is_a_user_error():
@@ -61,23 +62,23 @@ def test_failed_build_leaves_the_data_folder_as_it_was(tmp_path):
   data_dir = tmp_path / 'data'
   (data_dir / 'keep').mkdir(parents=True)
   with pytest.raises(errors.BadInputError, match='1 bad files'):
-    datasets.build_dataset('medseg_covid', str(data_dir), 64, manual_dir=str(root))
+    registry.build_dataset('medseg_covid', str(data_dir), 64, manual_dir=str(root))
   assert sorted(os.listdir(data_dir)) == ['keep']
 
 
 def test_failed_build_keeps_what_was_built_before(tmp_path, monkeypatch):
   data_dir = str(tmp_path / 'data')
-  datasets.build_dataset('synthetic_ct', data_dir, 64, num_train=8, num_validation=4,
+  registry.build_dataset('synthetic_ct', data_dir, 64, num_train=8, num_validation=4,
                          num_test=4)
-  before = sorted(p for p in datasets._snapshot(data_dir, 'synthetic_ct'))
+  before = sorted(registry._snapshot(data_dir, 'synthetic_ct'))
 
   def fail(self, **kwargs):
     os.makedirs(os.path.join(data_dir, 'synthetic_ct', '128', '.config'))
     raise errors.BadInputError('broken source')
-  monkeypatch.setattr(datasets.tfds.core.DatasetBuilder, 'download_and_prepare', fail)
+  monkeypatch.setattr(registry.tfds.core.DatasetBuilder, 'download_and_prepare', fail)
   with pytest.raises(errors.BadInputError, match='broken source'):
-    datasets.build_dataset('synthetic_ct', data_dir, 128)
-  assert sorted(datasets._snapshot(data_dir, 'synthetic_ct')) == before
+    registry.build_dataset('synthetic_ct', data_dir, 128)
+  assert sorted(registry._snapshot(data_dir, 'synthetic_ct')) == before
   assert datasets.load_split('synthetic_ct', 'train', data_dir, 64)[0]['image'].shape == (64, 64)
 
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from mtl_jax import errors
 from mtl_jax.data import datasets, features, synthetic
+from tfds_builders import registry
 
 SIZE = 64
 
@@ -186,11 +188,11 @@ def test_encode_decode_image_roundtrip():
 def test_builder_roundtrip_through_load_split(tmp_path):
   data_dir = str(tmp_path)
   sizes = {'train': 10, 'validation': 6, 'test': 5}
-  path = datasets.build_dataset('synthetic_ct', data_dir, SIZE, num_train=sizes['train'],
+  path = registry.build_dataset('synthetic_ct', data_dir, SIZE, num_train=sizes['train'],
                                 num_validation=sizes['validation'], num_test=sizes['test'])
   assert os.path.isdir(path) and path.startswith(data_dir)
   # Built again: found, not rebuilt.
-  assert datasets.build_dataset('synthetic_ct', data_dir, SIZE, num_train=1) == path
+  assert registry.build_dataset('synthetic_ct', data_dir, SIZE, num_train=1) == path
   for split, n in sizes.items():
     source = datasets.load_split('synthetic_ct', split, data_dir, SIZE)
     assert len(source) == n
@@ -219,9 +221,11 @@ def test_missing_and_unknown_datasets(tmp_path):
   with pytest.raises(datasets.DatasetNotFoundError) as info:
     datasets.load_split('synthetic_ct', 'train', str(missing), SIZE)
   message = str(info.value)
-  assert isinstance(info.value, FileNotFoundError)
+  assert isinstance(info.value, errors.UserError)
   assert '\n' not in message
   assert str(missing) in message and 'synthetic_ct' in message
   assert 'mtl-jax build-data synthetic_ct --data_dir' in message
-  with pytest.raises(ValueError, match='synthetic_ct'):
+  with pytest.raises(errors.DatasetNotFoundError, match='build-data no_such_dataset'):
     datasets.load_split('no_such_dataset', 'train', str(tmp_path), SIZE)
+  with pytest.raises(errors.DatasetNotFoundError, match='known datasets: .*synthetic_ct'):
+    registry.build_dataset('no_such_dataset', str(tmp_path), SIZE)

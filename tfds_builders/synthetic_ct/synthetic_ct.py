@@ -2,7 +2,7 @@
 
 Nothing is downloaded: every split is generated from a seed. Build without
 TensorFlow through `mtl-jax build-data synthetic_ct --data_dir DIR` (or
-`mtl_jax.data.datasets.build_dataset`), which writes array_record files.
+`tfds_builders.registry.build_dataset`), which writes array_record files.
 """
 
 from __future__ import annotations

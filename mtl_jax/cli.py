@@ -11,11 +11,11 @@ line saying so, and the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
 
+from mtl_jax import logs
 from mtl_jax.errors import UserError
 
 # Multi-device CPU simulation and quiet logs must be set before jax starts.
@@ -87,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   overrides = [a for a in argv if a.startswith('--config.')]
   args = _parser().parse_args([a for a in argv if not a.startswith('--config.')])
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s',
-                      datefmt='%H:%M:%S')
-  for noisy in ('orbax', 'jax._src', 'tensorflow_datasets'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  logs.setup_console()
+  if getattr(args, 'workdir', None):
+    logs.log_to_file(args.workdir)
   try:
     return _run(args, overrides)
   except UserError as e:

@@ -141,10 +141,10 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   `interrupt_at_step` stops abruptly (no final save) after that step; tests
   use it to stand in for a killed process.
   """
-  parallel.log_topology()
   trainer = Trainer(config)
   pipeline.check_built(config)  # a mistake leaves no workdir behind
   os.makedirs(workdir, exist_ok=True)
+  parallel.log_topology()
   lead = jax.process_index() == 0
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
                                     config.train.best_metric)

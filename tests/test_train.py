@@ -151,6 +151,11 @@ def test_cli_train_then_evaluate(tiny_config, tmp_path, capsys):
           '--config.train.num_train_steps=2']
   assert cli.main(['train', '--config', 'configs/default.py:tiny',
                    '--workdir', workdir] + args) == 0
+  console = capsys.readouterr().err
+  assert 'validation/dice=' in console  # the metric lines stay on the console
+  assert '[process=' not in console and 'orbax' not in console  # library chatter...
+  with open(os.path.join(workdir, 'mtl-jax.log')) as f:
+    assert 'orbax' in f.read()  # ...goes to the workdir's log file
   assert cli.main(['evaluate', '--workdir', workdir, '--split', 'test']) == 0
   assert '| Dice (pooled) |' in capsys.readouterr().out
   assert json.loads(open(os.path.join(workdir, 'eval_test.json')).read())['split'] == 'test'

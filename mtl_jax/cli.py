@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, overrides) -> int:
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
-  from mtl_jax import config_loader, demo, evaluation, train  # pylint: disable=g-import-not-at-top
+  from mtl_jax import config_loader, demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
   if args.command in ('train', 'evaluate'):
     from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
@@ -122,7 +122,7 @@ def _run(args, overrides) -> int:
   elif args.command == 'evaluate':
     results = evaluation.evaluate_workdir(args.workdir, args.split, args.checkpoint,
                                           overrides)
-    print(demo.results_table({args.split: results}))
+    print(metrics_summary.results_table({args.split: results}))
   elif args.command == 'demo':
     demo.run_demo(args.workdir, args.config, overrides)
   elif args.command == 'build-data':

@@ -46,14 +46,14 @@ import sys
 
 import numpy as np
 
-from mtl_jax import checkpointing, errors, jsonio, lungs, parallel, replay, report
+from mtl_jax import checkpointing, errors, jsonio, lungs, metrics, parallel, replay, report
+from mtl_jax import tasks
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import volume_io
 from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
 
 AGG_FRACTION = 0.10
 LUNG_SLICE_FRACTION = 0.005
-LESION_THRESHOLD = replay.LESION_THRESHOLD
 AGGREGATION = ('mean of the class-probability vectors of the k eligible slices with '
                'the highest P(covid19), k = ceil(0.10 x eligible slices) (at least '
                '1); eligible = slices with >= 0.5% of their area in the lung mask '
@@ -166,12 +166,11 @@ class Predictor:
             study, prob, dest / 'lesion_probability')
     if reference_mask is not None and has_seg:
       ref = volume_io.read_mask_like(study, reference_mask)
-      a, b = labels > 0, ref > 0
-      total = int(a.sum() + b.sum())
       rep['reference_mask'] = {
           'path': str(reference_mask),
-          'dice': 1.0 if total == 0 else float(2 * (a & b).sum() / total),
-          'volume_ml': None if study.voxel_ml is None else float(b.sum() * study.voxel_ml)}
+          'dice': metrics.dice(labels > 0, ref > 0),
+          'volume_ml': None if study.voxel_ml is None else float(
+              (ref > 0).sum() * study.voxel_ml)}
     outputs['overview'] = self._overview(study, labels, rep, render, dest / 'overview.png')
     outputs['report'] = 'report.json'
     rep['outputs'] = outputs
@@ -221,7 +220,7 @@ class Predictor:
         ood['note'] = 'checkpoint has no OOD reference (ood_reference)'
     lesion = None
     if labels is not None:
-      lesion = {'threshold': LESION_THRESHOLD if not self.multi else 'argmax',
+      lesion = {'threshold': tasks.LESION_THRESHOLD if not self.multi else 'argmax',
                 'voxel_volume_ml': voxel_ml,
                 'volume_ml': None if voxel_ml is None else float(lesion_px.sum() * voxel_ml),
                 'area_pixels': int(lesion_px.sum()) if study.kind == 'image' else None,

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtl_jax.data import preprocess
-
-LESION_THRESHOLD = 0.5
+from mtl_jax.tasks import LESION_THRESHOLD
 
 
 class InputReplay:

@@ -13,6 +13,11 @@ import numpy as np
 from mtl_jax import losses, metrics
 from mtl_jax.data.features import CLASS_NAMES
 
+# A pixel is lesion when its sigmoid probability exceeds this (binary
+# segmentation; multi-class models take the argmax). Evaluation, predict's
+# replay and its report all read it from here.
+LESION_THRESHOLD = 0.5
+
 
 class SegmentationTask:
   """Lesion segmentation: soft Dice (+ optional pixel CE) on examples with masks."""
@@ -38,7 +43,7 @@ class SegmentationTask:
     logits = outputs['seg_logits'].astype(jnp.float32)
     if self.num_seg_classes == 1:
       prob = jax.nn.sigmoid(logits[..., 0])
-      return {'seg_labels': (prob > 0.5).astype(jnp.int32), 'seg_prob': prob}
+      return {'seg_labels': (prob > LESION_THRESHOLD).astype(jnp.int32), 'seg_prob': prob}
     probs = jax.nn.softmax(logits, axis=-1)
     return {'seg_labels': jnp.argmax(probs, axis=-1).astype(jnp.int32),
             'seg_prob': 1.0 - probs[..., 0]}

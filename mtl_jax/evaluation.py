@@ -40,10 +40,10 @@ def _run(runtime, predict, variables, split, source_name, max_examples, accumula
 
 def _summarize(runtime, accumulators) -> dict:
   config = runtime.config
-  return metrics_summary.summarize(
-      accumulators.get('seg'), accumulators.get('cls'), accumulators.get('recon'),
-      bootstrap=config.eval.bootstrap_resamples > 0,
-      num_resamples=max(config.eval.bootstrap_resamples, 1))
+  return metrics_summary.combine(
+      task.summarize(accumulators[name], bootstrap=config.eval.bootstrap_resamples > 0,
+                     num_resamples=max(config.eval.bootstrap_resamples, 1))
+      for name, task in runtime.tasks.items())
 
 
 def scalars(results: dict, prefix: str) -> dict:

@@ -65,42 +65,57 @@ def bootstrap_auc_ci(scores, positives, **kwargs) -> tuple[float, float]:
 
 
 # -------------------------------------------------------------------- summarize
+def segmentation_summary(acc: metrics.SegmentationAccumulator, bootstrap: bool = True,
+                         num_resamples: int = 1000, seed: int = 0) -> tuple[dict, int]:
+  """(results, examples counted). With bootstrap: `dice_ci95` (pooled Dice,
+  matching `dice`) and `dice_per_image_mean_ci95`, when computable."""
+  out = acc.result()
+  if bootstrap and out['num_seg_examples'] > 0:
+    kw = dict(num_resamples=num_resamples, seed=seed)
+    out['dice_ci95'] = list(bootstrap_pooled_dice_ci(acc.per_image_counts, **kw))
+    out['dice_per_image_mean_ci95'] = list(bootstrap_dice_ci(acc.per_image_dice, **kw))
+  return out, out['num_seg_examples']
+
+
+def classification_summary(acc: metrics.ClassificationAccumulator, bootstrap: bool = True,
+                           num_resamples: int = 1000, seed: int = 0) -> tuple[dict, int]:
+  """(results, examples counted). With bootstrap: `auc_covid_ci95`, when computable."""
+  out = acc.result()
+  if bootstrap and not math.isnan(out['auc_covid']):
+    ci = bootstrap_auc_ci(*acc.covid_known, num_resamples=num_resamples, seed=seed)
+    if not math.isnan(ci[0]):
+      out['auc_covid_ci95'] = list(ci)
+  return out, out['num_cls_examples']
+
+
+def reconstruction_summary(acc: metrics.ReconstructionAccumulator, bootstrap: bool = True,
+                           num_resamples: int = 1000, seed: int = 0) -> tuple[dict, int]:
+  del bootstrap, num_resamples, seed  # MSE over every slice: no interval reported
+  out = acc.result()
+  return out, out['num_recon_examples']
+
+
+def combine(summaries) -> dict:
+  """One flat, strict-JSON dict of every task's (results, count); nan becomes
+  None; `num_examples` is the largest count (tasks score different subsets)."""
+  out, counts = {}, []
+  for results, count in summaries:
+    out.update(results)
+    counts.append(count)
+  out['num_examples'] = max(counts) if counts else 0
+  return jsonio.jsonable(out)
+
+
 def summarize(seg: metrics.SegmentationAccumulator | None = None,
               cls: metrics.ClassificationAccumulator | None = None,
               rec: metrics.ReconstructionAccumulator | None = None,
               bootstrap: bool = True, num_resamples: int = 1000,
               seed: int = 0) -> dict:
-  """One flat, strict-JSON dict of every given accumulator's results.
-
-  With bootstrap: `dice_ci95` (pooled Dice, matching `dice`),
-  `dice_per_image_mean_ci95` and `auc_covid_ci95`, each [low, high], present
-  only when computable. nan values become None.
-  """
-  out, counts = {}, []
-  if seg is not None:
-    r = seg.result()
-    out.update(r)
-    counts.append(r['num_seg_examples'])
-    if bootstrap and r['num_seg_examples'] > 0:
-      kw = dict(num_resamples=num_resamples, seed=seed)
-      out['dice_ci95'] = list(bootstrap_pooled_dice_ci(seg.per_image_counts, **kw))
-      out['dice_per_image_mean_ci95'] = list(
-          bootstrap_dice_ci(seg.per_image_dice, **kw))
-  if cls is not None:
-    r = cls.result()
-    out.update(r)
-    counts.append(r['num_cls_examples'])
-    if bootstrap and not math.isnan(r['auc_covid']):
-      ci = bootstrap_auc_ci(*cls.covid_known, num_resamples=num_resamples,
-                            seed=seed)
-      if not math.isnan(ci[0]):
-        out['auc_covid_ci95'] = list(ci)
-  if rec is not None:
-    r = rec.result()
-    out.update(r)
-    counts.append(r['num_recon_examples'])
-  out['num_examples'] = max(counts) if counts else 0
-  return jsonio.jsonable(out)
+  """`combine` for the three built-in tasks' accumulators, each optional."""
+  kw = dict(bootstrap=bootstrap, num_resamples=num_resamples, seed=seed)
+  return combine(fn(acc, **kw) for fn, acc in (
+      (segmentation_summary, seg), (classification_summary, cls),
+      (reconstruction_summary, rec)) if acc is not None)
 
 
 # The table `mtl-jax evaluate` and `make demo` print: (label, key, CI key).

@@ -4,19 +4,19 @@ A U-Net-style encoder feeds (1) a segmentation decoder with skip connections,
 (2) a reconstruction decoder *without* skips (so the bottleneck must carry the
 image, which is what makes reconstruction a useful auxiliary task and an
 out-of-distribution signal), and (3) an MLP classifier on pooled bottleneck
-features. Heads that a configuration does not train are not built.
+features. The heads belong to the tasks (`tasks.py`): this module holds the
+encoder, the building blocks, and the model that calls the enabled heads.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mtl_jax.errors import ConfigError
 
-TASKS = ('seg', 'recon', 'cls')
 
 
 class Norm(nn.Module):
@@ -142,66 +142,48 @@ class Classifier(nn.Module):
 
 
 class MultiTaskUNet(nn.Module):
-  """Shared encoder with segmentation, reconstruction and classification heads.
+  """The shared encoder, and the heads of the enabled tasks.
 
   Input: images (B, H, W, 1) in [0, 1]; H and W divisible by 2**len(widths).
-  Output: a dict with `seg_logits` (B, H, W, num_seg_classes), `recon`
-  (B, H, W, 1) and `cls_logits` (B, num_classes), each only if its task is in
-  `tasks`. With `uncertainty_weighting`, the model also owns one learned log
-  variance per task (Kendall et al. 2018), used by the loss.
+  `heads` are the tasks' `head` methods (`tasks.Task.head`), called in order
+  with the bottleneck and the skip features; each adds its outputs to the
+  dict (`seg_logits` (B, H, W, C), `recon` (B, H, W, 1), `cls_logits`
+  (B, num_classes) for the built-in tasks). With `uncertainty_weighting`,
+  the model also owns one learned log variance per head (Kendall et al.
+  2018), used by the loss.
   """
   widths: Sequence[int] = (32, 64, 128, 256)
   bottleneck: int = 512
-  num_seg_classes: int = 1
-  num_classes: int = 3
-  cls_hidden: Sequence[int] = (256,)
-  dropout: float = 0.5
   norm: str = 'batch'
-  tasks: Sequence[str] = TASKS
+  heads: Sequence[Callable] = ()
   uncertainty_weighting: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    unknown = set(self.tasks) - set(TASKS)
-    if unknown:
-      raise ConfigError(f'unknown tasks {sorted(unknown)}; valid: {TASKS}')
     x = images.astype(self.dtype)
     skips, bottom = Encoder(self.widths, self.bottleneck, self.norm,
                             self.dtype, name='encoder')(x, train)
     out = {}
-    if 'seg' in self.tasks:
-      out['seg_logits'] = Decoder(self.widths, self.num_seg_classes, True,
-                                  self.norm, self.dtype,
-                                  name='seg_decoder')(bottom, skips, train)
-    if 'recon' in self.tasks:
-      out['recon'] = Decoder(self.widths, 1, False, self.norm, self.dtype,
-                             name='recon_decoder')(bottom, skips, train)
-    if 'cls' in self.tasks:
-      out['cls_logits'] = Classifier(self.num_classes, self.cls_hidden,
-                                     self.dropout, self.dtype,
-                                     name='classifier')(bottom, train)
+    for head in self.heads:
+      out.update(head(self, bottom, skips, train))
     if self.uncertainty_weighting:
       out['task_log_vars'] = self.param(
-          'task_log_vars', nn.initializers.zeros, (len(self.tasks),))
+          'task_log_vars', nn.initializers.zeros, (len(self.heads),))
     return out
 
 
-def build_model(config, tasks: Sequence[str]) -> MultiTaskUNet:
-  """The model a config describes, with heads for the enabled tasks only."""
+def build_model(config, tasks: dict) -> MultiTaskUNet:
+  """The model a config describes, with heads for the given tasks ({name: Task})."""
   model_config = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
   if model_config.compute_dtype not in dtypes:
     raise ConfigError(f'model.compute_dtype must be one of {sorted(dtypes)}, '
-                     f'got {model_config.compute_dtype!r}')
+                      f'got {model_config.compute_dtype!r}')
   return MultiTaskUNet(
       widths=tuple(model_config.widths),
       bottleneck=model_config.bottleneck,
-      num_seg_classes=model_config.num_seg_classes,
-      num_classes=model_config.num_classes,
-      cls_hidden=tuple(model_config.cls_hidden),
-      dropout=model_config.dropout,
       norm=model_config.norm,
-      tasks=tuple(tasks),
+      heads=tuple(task.head for task in tasks.values()),
       uncertainty_weighting=config.loss.uncertainty_weighting,
       dtype=dtypes[model_config.compute_dtype])

@@ -35,7 +35,7 @@ class Runtime:
     if not self.tasks:
       raise ConfigError('every loss weight is 0: enable at least one task in '
                         'config.loss.weights')
-    self.model = models.build_model(config, tuple(self.tasks))
+    self.model = models.build_model(config, self.tasks)
     self.replicated = parallel.replicated(self.mesh)
     self.batch_sharded = parallel.batch_sharded(self.mesh)
     key = jax.random.key(0)

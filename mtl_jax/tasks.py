@@ -1,7 +1,11 @@
-"""Each task owns its loss, its eval outputs and its metrics (scenic-style).
+"""Each task owns its head, its loss, its eval outputs and its metrics (scenic-style).
 
-Adding a task means adding one class here and one head in `models.py`; the
-train and eval loops only iterate over `make_tasks(config)`.
+A task is a `Task` subclass plus one `register` line. The model builds the
+shared encoder and calls each enabled task's `head`; training sums the
+tasks' `loss`; evaluation pools each task's `update`s in its `accumulator`
+and reports its `summarize`. A task is enabled by a positive
+`config.loss.weights[NAME]`. Nothing else changes to add one
+(tests/test_tasks.py adds a toy fourth task in the test file alone).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax import losses, metrics
+from mtl_jax import losses, metrics, metrics_summary, models
 from mtl_jax.data.features import CLASS_NAMES
+from mtl_jax.errors import ConfigError
 
 # A pixel is lesion when its sigmoid probability exceeds this (binary
 # segmentation; multi-class models take the argmax). Evaluation, predict's
@@ -19,13 +24,63 @@ from mtl_jax.data.features import CLASS_NAMES
 LESION_THRESHOLD = 0.5
 
 
-class SegmentationTask:
+# Registration order is the order of model outputs, loss terms and learned
+# task weights (uncertainty weighting indexes them), so it never changes.
+TASK_CLASSES: dict = {}
+
+
+def register(cls):
+  """Make a Task subclass available under `cls.name` (a class decorator)."""
+  TASK_CLASSES[cls.name] = cls
+  return cls
+
+
+class Task:
+  """The interface every task implements; see the module doc."""
+  name: str = ''
+
+  def __init__(self, config):
+    self.config = config
+
+  def head(self, model, bottom, skips, train: bool) -> dict:
+    """Build and apply this task's head inside `model` (a MultiTaskUNet):
+    `bottom` is the bottleneck, `skips` the encoder features, finest first."""
+    raise NotImplementedError
+
+  def loss(self, outputs, batch) -> tuple:
+    """(scalar loss, {term name: value}) over the batch's usable examples."""
+    raise NotImplementedError
+
+  def predict(self, outputs) -> dict:
+    """Eval outputs (probabilities, label maps) from the model's raw outputs."""
+    raise NotImplementedError
+
+  def accumulator(self):
+    raise NotImplementedError
+
+  def update(self, acc, predictions, batch):
+    """Pool one host batch of predictions into `acc`."""
+    raise NotImplementedError
+
+  def summarize(self, acc, bootstrap: bool = True, num_resamples: int = 1000) -> tuple:
+    """(results dict, number of examples scored)."""
+    raise NotImplementedError
+
+
+@register
+class SegmentationTask(Task):
   """Lesion segmentation: soft Dice (+ optional pixel CE) on examples with masks."""
   name = 'seg'
 
   def __init__(self, config):
+    super().__init__(config)
     self.num_seg_classes = config.model.num_seg_classes
     self.ce_weight = config.loss.seg_ce_weight
+
+  def head(self, model, bottom, skips, train):
+    decoder = models.Decoder(model.widths, self.num_seg_classes, True, model.norm,
+                             model.dtype, name='seg_decoder')
+    return {'seg_logits': decoder(bottom, skips, train)}
 
   def loss(self, outputs, batch):
     weight = batch['has_mask'] * batch['valid']
@@ -56,13 +111,22 @@ class SegmentationTask:
     target = batch['mask'] if self.num_seg_classes > 1 else (batch['mask'] > 0)
     acc.update(predictions['seg_labels'], target.astype(np.int32), valid=valid)
 
+  def summarize(self, acc, bootstrap=True, num_resamples=1000):
+    return metrics_summary.segmentation_summary(acc, bootstrap, num_resamples)
 
-class ReconstructionTask:
-  """Slice reconstruction: MSE to the input on every (non-padding) example."""
+
+@register
+class ReconstructionTask(Task):
+  """Slice reconstruction: MSE to the input on every (non-padding) example.
+
+  Its decoder has no skip connections, so the bottleneck must carry the image.
+  """
   name = 'recon'
 
-  def __init__(self, config):
-    del config
+  def head(self, model, bottom, skips, train):
+    decoder = models.Decoder(model.widths, 1, False, model.norm, model.dtype,
+                             name='recon_decoder')
+    return {'recon': decoder(bottom, skips, train)}
 
   def loss(self, outputs, batch):
     mse = losses.reconstruction_mse(outputs['recon'], batch['image'][..., None],
@@ -78,13 +142,23 @@ class ReconstructionTask:
   def update(self, acc, predictions, batch):
     acc.update(predictions['recon'], batch['image'], valid=batch['valid'] > 0)
 
+  def summarize(self, acc, bootstrap=True, num_resamples=1000):
+    return metrics_summary.reconstruction_summary(acc, bootstrap, num_resamples)
 
-class ClassificationTask:
+
+@register
+class ClassificationTask(Task):
   """COVID-19 / normal / other: set-valued cross-entropy on labelled examples."""
   name = 'cls'
 
   def __init__(self, config):
+    super().__init__(config)
     self.num_classes = config.model.num_classes
+
+  def head(self, model, bottom, skips, train):
+    classifier = models.Classifier(self.num_classes, tuple(self.config.model.cls_hidden),
+                                   self.config.model.dropout, model.dtype, name='classifier')
+    return {'cls_logits': classifier(bottom, train)}
 
   def loss(self, outputs, batch):
     ce = losses.set_cross_entropy(outputs['cls_logits'], batch['label_set'],
@@ -108,15 +182,18 @@ class ClassificationTask:
     acc.update(predictions['cls_probs'], batch['label'], valid=valid,
                sources=batch.get('source'), covid_positive=covid_positive)
 
-
-TASK_CLASSES = {cls.name: cls for cls in
-                (SegmentationTask, ReconstructionTask, ClassificationTask)}
+  def summarize(self, acc, bootstrap=True, num_resamples=1000):
+    return metrics_summary.classification_summary(acc, bootstrap, num_resamples)
 
 
 def enabled_tasks(config) -> tuple:
-  """Names of tasks with a positive loss weight, in a fixed order."""
-  return tuple(name for name in ('seg', 'recon', 'cls')
-               if config.loss.weights[name] > 0)
+  """Names of tasks with a positive loss weight, in registration order."""
+  weights = dict(config.loss.weights)
+  unknown = sorted(set(weights) - set(TASK_CLASSES))
+  if unknown:
+    raise ConfigError(f'config.loss.weights names unknown tasks {unknown}; '
+                      f'tasks: {", ".join(TASK_CLASSES)}')
+  return tuple(name for name in TASK_CLASSES if weights.get(name, 0) > 0)
 
 
 def make_tasks(config) -> dict:

@@ -10,14 +10,20 @@ import pytest
 
 from configs import default
 from mtl_jax import config_loader, models
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.models import Upsample2x
 
 from conftest import REPO
 
 
-def _tiny_model(tasks=models.TASKS, **kw):
-  return models.MultiTaskUNet(widths=(4, 8), bottleneck=8, cls_hidden=(8,),
-                              tasks=tasks, **kw)
+def _tiny_model(tasks=('seg', 'recon', 'cls'), num_seg_classes=1, norm='batch',
+                uncertainty_weighting=False):
+  config = default.get_config('tiny')
+  config.model.update(widths=(4, 8), bottleneck=8, cls_hidden=(8,),
+                      num_seg_classes=num_seg_classes, norm=norm)
+  config.loss.uncertainty_weighting = uncertainty_weighting
+  config.loss.weights = {t: float(t in tasks) for t in ('seg', 'recon', 'cls')}
+  return models.build_model(config, tasks_lib.make_tasks(config))
 
 
 def test_heads_and_shapes():
@@ -87,7 +93,7 @@ def test_group_norm_and_uncertainty_weighting():
 
 def test_paper_size_parameter_count():
   config = default.get_config('full')
-  model = models.build_model(config, models.TASKS)
+  model = models.build_model(config, tasks_lib.make_tasks(config))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 1)))
   count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes['params']))
   assert 9e6 < count < 12e6  # the README states the exact figure
@@ -97,8 +103,7 @@ def test_paper_size_parameter_count():
 def test_every_preset_loads(preset):
   config = config_loader.load_config(f'{REPO}/configs/default.py:{preset}')
   assert config.preset == preset
-  model = models.build_model(config, [t for t in models.TASKS
-                                      if config.loss.weights[t] > 0])
+  model = models.build_model(config, tasks_lib.make_tasks(config))
   assert model.widths
 
 

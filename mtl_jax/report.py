@@ -1,15 +1,18 @@
 """report.json (a versioned schema) and overview.png of `mtl-jax predict`.
 
-report.json, schema_version 1.0 (keys always present; null when not
+report.json, schema_version 1.1 (keys always present; null when not
 applicable, e.g. lung figures for an 8-bit input, classification for a
 model without a classifier):
 
-  schema_version      "1.0"
+  schema_version      "1.1" (1.1: input.axes added; NIfTI spacing_mm in file order)
   tool, created       "mtl-jax predict", ISO-8601 UTC time
   input               path, kind (nifti|dicom|image), sha256 (of the file, or
                       of the chosen series' files in name order), series_uid,
-                      shape, orientation (axis codes), affine, spacing_mm,
-                      intensity (hu|8bit), num_slices
+                      axes (the axis order of shape, affine and spacing_mm:
+                      "file order" for NIfTI, "canonical RAS (X, Y, Z)" for
+                      DICOM, "rows, columns" for images), shape, orientation
+                      (axis codes), affine, spacing_mm, intensity (hu|8bit),
+                      num_slices
   checkpoint          workdir, path (the checkpoint step folder), which, step, tasks
   preprocessing       image_size, window_hu, model_input_kind (hu|8bit),
                       rendering (how this input became model input), resize,
@@ -41,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mtl_jax import jsonio
 
-SCHEMA_VERSION = '1.0'
+SCHEMA_VERSION = '1.1'
 OOD_THRESHOLD_PERCENTILE = 99
 SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
 SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '
@@ -126,15 +129,24 @@ def render_overview(path, panels: list, header: str):
 
 
 def input_info(study) -> dict:
-  """The report's `input` section for a `volume_io.Study`."""
+  """The report's `input` section for a `volume_io.Study`.
+
+  shape, affine and spacing_mm are all in one axis order, named by `axes`: a
+  NIfTI's own (file) order; a DICOM series' canonical RAS order (its
+  lesion_mask is written so); a 2-D image's (rows, columns), with no spacing.
+  """
   import nibabel as nib  # pylint: disable=g-import-not-at-top
   affine = study.input_affine if study.input_affine is not None else study.affine
+  axes = {'nifti': 'file order', 'dicom': 'canonical RAS (X, Y, Z)',
+          'image': 'rows, columns'}[study.kind]
+  spacing = (None if affine is None or study.spacing is None else
+             [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)])
   return {'path': os.path.abspath(study.path), 'kind': study.kind,
           'sha256': study.sha256, 'series_uid': study.series_uid,
-          'shape': list(study.input_shape),
+          'axes': axes, 'shape': list(study.input_shape),
           'orientation': None if affine is None else ''.join(nib.aff2axcodes(affine)),
           'affine': None if affine is None else np.asarray(affine).tolist(),
-          'spacing_mm': None if study.spacing is None else [float(v) for v in study.spacing],
+          'spacing_mm': spacing,
           'intensity': study.intensity, 'num_slices': study.num_slices}
 
 

@@ -3,8 +3,10 @@
 One study is a NIfTI volume (.nii/.nii.gz), a DICOM series (a folder, or one
 .dcm file), or a 2-D PNG/JPG slice. `discover` also accepts a folder of such
 inputs or a CSV with columns `input[,mask]` (batch mode: one output folder
-each). Reading reuses `mtl_jax.data.readers` (the dataset builders' readers),
-so prediction sees volumes exactly as training did: canonical RAS order, HU
+each). A folder holding DICOM files beside images or volumes is refused, not
+guessed at: predicting the images would silently drop the series. Reading
+reuses `mtl_jax.data.readers` (the dataset builders' readers), so prediction
+sees volumes exactly as training did: canonical RAS order, HU
 from RescaleSlope/Intercept, colour photographs refused.
 
 Added here (readers has no such functions): picking one series out of a
@@ -27,7 +29,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from mtl_jax.data import readers
+from mtl_jax.data import readers, tables, validate
 from mtl_jax.errors import BadInputError, InputNotFoundError
 
 MARKERS = ('report.json', 'batch_summary.json')  # an earlier predict output
@@ -89,6 +91,8 @@ def _sha256(paths) -> str:
 
 def _exists(path, what='input') -> pathlib.Path:
   path = pathlib.Path(path)
+  if path.is_symlink() and not path.exists():
+    raise BadInputError(readers.BROKEN_LINK, path)
   if not path.exists():
     raise InputNotFoundError(path, what)
   return path
@@ -119,13 +123,32 @@ def discover(path) -> tuple[bool, list]:
     inputs = [e for e in entries if e.is_dir() or readers.is_nifti(e) or _is_image(e)]
     if not inputs:  # only plain files: one DICOM series
       return False, [Item(path, path.name)]
+    dicom = [e for e in entries if e not in inputs and validate.looks_like_dicom(e)]
+    if dicom:  # which one did the user mean? Never drop a series silently.
+      raise BadInputError(f'folder mixes {_count(len(dicom), "DICOM file")} and '
+                          f'{_kinds(inputs)}; give one series folder, or a folder of '
+                          'only .nii/.png inputs (or series sub-folders) for a batch', path)
     return True, [Item(p, n) for p, n in zip(inputs, _unique_names(inputs))]
   return False, [Item(path, readers.strip_suffix(path.name))]
 
 
+def _count(n: int, what: str) -> str:
+  return f'{n} {what}{"s" if n != 1 else ""}'
+
+
+def _kinds(inputs) -> str:
+  """'1 PNG image and 2 NIfTI volumes': what a batch folder holds, by kind."""
+  kinds = {}
+  for entry in inputs:
+    kind = ('folder' if entry.is_dir() else 'NIfTI volume' if readers.is_nifti(entry)
+            else f'{entry.suffix[1:].upper()} image')
+    kinds[kind] = kinds.get(kind, 0) + 1
+  return ' and '.join(_count(n, kind) for kind, n in kinds.items())
+
+
 def _csv_items(path) -> list:
   try:
-    rows = readers.read_csv(path)
+    rows = tables.read_csv(path)
   except (UnicodeDecodeError, OSError) as e:
     raise BadInputError(f'unreadable CSV ({type(e).__name__})', path) from None
   if not rows or 'input' not in rows[0]:
@@ -146,23 +169,13 @@ def _csv_items(path) -> list:
 
 
 def _raw_shape(path):
-  """Shape of a NIfTI (trailing 1s dropped) or image (H, W) from its header; None: unknown."""
+  """Shape of a NIfTI (trailing 1s dropped) or image (H, W) from its checked header;
+  None: unknown (a DICOM series)."""
   path = pathlib.Path(path)
   if readers.is_nifti(path):
-    import nibabel as nib  # pylint: disable=g-import-not-at-top
-    try:
-      shape = tuple(nib.load(str(path)).shape)
-    except Exception as e:  # pylint: disable=broad-except
-      raise BadInputError(f'unreadable NIfTI ({type(e).__name__})', path) from None
-    while len(shape) > 3 and shape[-1] == 1:
-      shape = shape[:-1]
-    return shape
+    return readers.nifti_header(path)[1]
   if _is_image(path):
-    try:
-      with Image.open(path) as im:
-        return (im.height, im.width)
-    except OSError as e:
-      raise BadInputError(f'unreadable image ({type(e).__name__})', path) from None
+    return readers.image_shape(path)
   return None
 
 
@@ -184,8 +197,8 @@ def read_study(path, series: str | None = None) -> Study:
   """Read and validate one input (see module doc)."""
   path = _exists(path)
   if path.is_dir():
-    return _read_dicom(path, sorted(f for f in path.iterdir() if f.is_file()
-                                    and not f.name.startswith('.')), series)
+    return _read_dicom(path, sorted(f for f in path.iterdir() if not f.name.startswith('.')
+                                    and (f.is_file() or f.is_symlink())), series)
   if readers.is_nifti(path):
     return _read_nifti(path)
   if _is_image(path):
@@ -200,31 +213,43 @@ def read_study(path, series: str | None = None) -> Study:
 
 def _read_nifti(path) -> Study:
   import nibabel as nib  # pylint: disable=g-import-not-at-top
-  volume, spacing, affine = readers.read_nifti(path)
-  original = nib.load(str(path))
-  ornt = nib.orientations.io_orientation(original.affine)
+  header, voxels = readers.load_nifti(path)
+  input_affine = header.get_best_affine()
+  volume, spacing, affine = readers.canonical(voxels, input_affine, path)
+  del voxels
+  ornt = nib.orientations.io_orientation(input_affine)
   to_input = nib.orientations.ornt_transform(
       nib.orientations.axcodes2ornt(('R', 'A', 'S')), ornt)
   return Study(str(path), 'nifti', volume, readers.intensity_kind(volume, path),
-               spacing, affine, tuple(original.shape), original.affine.copy(),
-               to_input, _sha256([path]), header=original.header)
+               spacing, affine, tuple(header.get_data_shape()), input_affine,
+               to_input, _sha256([path]), header=header)
 
 
 def _read_dicom(path, files, series) -> Study:
-  """One series: `series` if given, else the CT series with the most slices."""
-  import pydicom  # pylint: disable=g-import-not-at-top
+  """One series: `series` if given, else the CT series with the most slices.
+
+  Files that are not meant as DICOM (no .dcm name, no DICM marker: a README)
+  are ignored; one that is meant as DICOM but cannot be read, or has no
+  SeriesInstanceUID, is an error, since it may be a slice of the series.
+  """
   if not files:
     raise BadInputError(f'empty DICOM folder ({EXPECTED})', path)
-  by_series, modality = {}, {}
+  by_series, modality, problems = {}, {}, {}
   for f in files:
-    try:
-      ds = pydicom.dcmread(f, stop_before_pixels=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+    if f.exists() and not validate.looks_like_dicom(f):
       continue
-    uid = str(ds.get('SeriesInstanceUID', ''))
-    if uid and 'Rows' in ds:
-      by_series.setdefault(uid, []).append(f)
-      modality[uid] = str(ds.get('Modality', ''))
+    try:
+      ds = validate.dicom_file(readers.require_file(f), header_only=True)
+      if validate.is_dicomdir(ds):
+        continue
+      uid = validate.dicom_series_uid(ds, f)
+      modality[uid] = validate.text(ds, 'Modality', f, required=False)
+    except BadInputError as e:
+      problems[f] = f'{f.name}: {e.reason}'
+      continue
+    by_series.setdefault(uid, []).append(f)
+  if problems and not by_series:
+    raise readers.problems_error('bad DICOM files', list(problems.values()), path)
   if not by_series:
     raise BadInputError(f'not an image or volume: no DICOM image files ({EXPECTED})',
                         path)
@@ -242,15 +267,9 @@ def _read_dicom(path, files, series) -> Study:
   if modality[uid] != 'CT':
     raise BadInputError(f'series {uid} has Modality {modality[uid]!r}, not CT', path)
   chosen = sorted(by_series[uid])
-  # readers.read_dicom_series reads a whole folder: give it one holding just
-  # this series (links), and report errors against the real path.
-  with tempfile.TemporaryDirectory(prefix='mtl-series-') as tmp:
-    for f in chosen:
-      os.symlink(os.path.abspath(f), os.path.join(tmp, f.name))
-    try:
-      volume, spacing, affine = readers.read_dicom_series(tmp)
-    except BadInputError as e:
-      raise BadInputError(e.reason, path) from None
+  # A file that could not be read may be a slice of this series: read it with
+  # the series, so that its problem is reported together with any others.
+  volume, spacing, affine = readers.read_dicom_files(sorted(chosen + list(problems)), path)
   return Study(str(path), 'dicom', volume, 'hu', spacing, affine, volume.shape,
                affine, None, _sha256(chosen), series_uid=uid)
 
@@ -297,8 +316,10 @@ def write_like_input(study: Study, canonical: np.ndarray, path_stem,
   image = nib.Nifti1Image(data, study.input_affine)
   header = study.header  # keep the input's qform and sform exactly, with their codes
   qcode, scode = int(header['qform_code']), int(header['sform_code'])
-  image.set_qform(header.get_qform() if qcode else study.input_affine, qcode or 1)
-  image.set_sform(header.get_sform() if scode else study.input_affine, scode or 1)
+  # A code 0 stays 0 (readers then fall back as they did for the input); its
+  # matrix is the input's affine, so pixdim keeps the input's voxel sizes.
+  image.set_qform(header.get_qform() if qcode else study.input_affine, code=qcode)
+  image.set_sform(header.get_sform() if scode else study.input_affine, code=scode)
   image.header.set_xyzt_units(*header.get_xyzt_units())
   nib.save(image, name)
   return os.path.basename(name)

@@ -29,23 +29,7 @@ WINDOW = (-1000.0, 400.0)
 
 
 # --------------------------------------------------------------------- fixtures
-@pytest.fixture(scope='session')
-def model_dir(synthetic_data_dir, tmp_path_factory):
-  """A tiny three-task model trained for 2 steps (with its OOD reference)."""
-  from mtl_jax import config_loader, train
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
-  config.data.data_dir = synthetic_data_dir
-  config.train.num_train_steps = 2
-  config.train.eval_every_steps = config.train.checkpoint_every_steps = 2
-  config.eval.bootstrap_resamples = 0
-  workdir = str(tmp_path_factory.mktemp('model'))
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-@pytest.fixture(scope='session')
-def predictor(model_dir):
-  return predict.Predictor(model_dir, batch_size=8)
+# model_dir and predictor (a tiny trained model) are in conftest.py.
 
 
 def fake_threshold_model(predictor, hu_threshold):

@@ -5,16 +5,39 @@ so a builder can check ALL files first (`BadFiles`) and report every bad one in
 one error, instead of failing on the first or silently dropping files.
 Volumes come back in canonical RAS orientation; `axial_slices` turns them into
 radiological display order (anterior up, patient right on the image left).
+
+Limits, checked from headers BEFORE any pixel is decoded (a 140 KB PNG or a
+352-byte NIfTI header can declare gigabytes: decoding first would end in a
+MemoryError or a swapping machine, not in a clear refusal):
+
+  MAX_SIDE          4096 px: no axis of an image or volume may be longer
+                    (a volume's slice count included: 4096 slices of 0.3 mm
+                    are 1.2 m, more than any chest CT)
+  MAX_SLICE_PIXELS  16 megapixels for a 2-D slice
+  MIN_SLICE_SIDE    16 px: a smaller 2-D image is not a CT slice (masks exempt)
+  MAX_STUDY_BYTES   2 GiB: a study's voxels as float32, from the NIfTI header's
+                    shape or, for DICOM, Rows x Columns x number of files
+  SPACING_RANGE_MM  1e-3..1e3 mm: plausible voxel sizes (from the affine)
+  MAX_EXTRA_BYTES   64 MiB: what a NIfTI may hold besides its voxels: header
+                    extensions before them (vox_offset) and, in a .nii.gz,
+                    bytes after them (bounds decompressing a gzip bomb)
+
+Integrity: a .nii.gz is decompressed completely, so its CRC-32 and length
+are checked (a flipped byte anywhere in the compressed data is an error, not
+a different scan); a PNG's chunk checksums are verified; a file shorter than
+its header declares, or a PNG/JPEG without its end marker, is an error.
+JPEG, DICOM and .nii carry no checksum: a flipped voxel byte there cannot be
+seen. Header fields and DICOM tags are
+checked by `validate` (form), the limits here (size).
 """
 
 from __future__ import annotations
 
-import csv
+import io
 import pathlib
 import re
-import zipfile
+import warnings
 import zlib
-from xml.etree import ElementTree
 
 import numpy as np
 from PIL import Image, ImageChops, UnidentifiedImageError
@@ -23,11 +46,21 @@ from mtl_jax.errors import BadInputError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 NIFTI_SUFFIXES = ('.nii', '.nii.gz')
+MAX_SIDE = 4096
+MAX_SLICE_PIXELS = 16_000_000
+MIN_SLICE_SIDE = 16
+MAX_STUDY_BYTES = 2 * 2**30
+SPACING_RANGE_MM = (1e-3, 1e3)
+MAX_EXTRA_BYTES = 64 * 2**20
+BROKEN_LINK = 'broken symbolic link (target missing)'
 # A screenshot from a paper may carry coloured arrows; a photograph is colour
 # almost everywhere. More than this fraction of strongly coloured pixels
 # (channel spread > 32 of 255) means "not a grayscale CT rendering".
 MAX_COLOUR_FRACTION = 0.25
 _SEG_LABELS = (0, 1, 2)
+# How a whole file ends (PNG: the empty IEND chunk with its CRC; JPEG: EOI).
+# PIL decodes a file cut inside them, so their presence is checked.
+_END_MARKERS = {'PNG': b'\0\0\0\0IEND\xaeB`\x82', 'JPEG': b'\xff\xd9'}
 _DECODE_ERRORS = (OSError, EOFError, ValueError, SyntaxError, zlib.error,
                   UnidentifiedImageError, Image.DecompressionBombError)
 
@@ -92,7 +125,10 @@ def list_files(folder, suffixes=IMAGE_SUFFIXES, bad: BadFiles | None = None) -> 
   for entry in sorted(pathlib.Path(folder).iterdir()):
     if entry.name.startswith('.'):
       continue  # .DS_Store and friends are not data
-    if entry.is_file() and entry.name.lower().endswith(tuple(suffixes)):
+    if entry.is_symlink() and not entry.exists():
+      if bad is not None:
+        bad.add(entry, BROKEN_LINK)
+    elif entry.is_file() and entry.name.lower().endswith(tuple(suffixes)):
       out.append(entry)
     elif bad is not None:
       bad.add(entry, f'unexpected {"folder" if entry.is_dir() else "file"} '
@@ -100,18 +136,105 @@ def list_files(folder, suffixes=IMAGE_SUFFIXES, bad: BadFiles | None = None) -> 
   return out
 
 
-def _open_image(path) -> Image.Image:
+def masks_without_images(mask_folder, image_folder, bad: BadFiles):
+  """Report each mask in `mask_folder` whose image (same name, any suffix) is not
+  in `image_folder`: a lone mask means a missing image, not a file to ignore."""
+  images = {strip_suffix(p.name) for p in pathlib.Path(image_folder).iterdir()}
+  for mask in sorted(pathlib.Path(mask_folder).iterdir()):
+    name = strip_suffix(mask.name)
+    if not mask.name.startswith('.') and name not in images:
+      bad.add(mask, f'mask without its image (no {pathlib.Path(image_folder).name}/'
+              f'{name}.* beside it)')
+
+
+def require_file(path) -> pathlib.Path:
+  """`path` as a Path if it exists; a plain reason (dangling link, missing) if not."""
+  path = pathlib.Path(path)
+  if path.is_symlink() and not path.exists():
+    raise BadInputError(BROKEN_LINK, path)
+  if not path.exists():
+    raise BadInputError('file not found', path)
+  return path
+
+
+def check_image_size(width: int, height: int, path, min_side: int = 0):
+  """A 2-D slice's declared size against MAX_SIDE / MAX_SLICE_PIXELS (and min_side)."""
+  if max(width, height) > MAX_SIDE or width * height > MAX_SLICE_PIXELS:
+    raise BadInputError(f'image is {width}x{height} px ({width * height / 1e6:.1f} '
+                        f'megapixels), above the limit of {MAX_SIDE} px a side and '
+                        f'{MAX_SLICE_PIXELS // 10**6} megapixels', path)
+  if min(width, height) < min_side:
+    raise BadInputError(f'image is {width}x{height} px, too small to be a CT slice '
+                        f'(minimum {min_side} px)', path)
+
+
+def check_volume_size(shape, path, what: str = 'volume'):
+  """A study's declared shape against MAX_SIDE and MAX_STUDY_BYTES (float32 voxels)."""
+  shape = tuple(int(n) for n in shape)
+  text = 'x'.join(map(str, shape))
+  if max(shape) > MAX_SIDE:
+    raise BadInputError(f'{what} is {text} voxels: an axis longer than {MAX_SIDE} is '
+                        'not a CT study', path)
+  nbytes = 4 * int(np.prod(shape, dtype=object))
+  if nbytes > MAX_STUDY_BYTES:
+    raise BadInputError(f'{what} is {text} voxels, {nbytes / 2**30:.1f} GiB as float32, '
+                        f'above the limit of {MAX_STUDY_BYTES / 2**30:g} GiB per study', path)
+
+
+def check_spacing(spacing, path):
+  low, high = SPACING_RANGE_MM
+  spacing = np.asarray(spacing, np.float64)
+  if not np.all((spacing >= low) & (spacing <= high)):
+    raise BadInputError('voxel size ' + ' x '.join(f'{v:.4g}' for v in spacing) +
+                        f' mm is implausible (expected {low:g}..{high:g} mm)', path)
+
+
+def _open_image(path, min_side: int = 0) -> Image.Image:
+  """Opened, size-checked (from the header, before decoding), verified and decoded."""
+  path = require_file(path)
   try:
-    image = Image.open(path)
-    image.load()  # decode now: truncated files fail here, not later
+    with open(path, 'rb') as f, warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      image = Image.open(f)
+      check_image_size(*image.size, path, min_side)
+      if image.format in _END_MARKERS:  # (by content: some .png files are JPEGs)
+        f.seek(-min(path.stat().st_size, 1 << 16), 2)
+        if _END_MARKERS[image.format] not in f.read():
+          raise BadInputError(f'unreadable image: truncated {image.format} (its end '
+                              'marker is missing)', path)
+      if image.format == 'PNG':  # every chunk's CRC: a flipped byte is an error
+        image.verify()
+        f.seek(0)
+        image = Image.open(f)
+      image.load()  # decode now: truncated files fail here, not later
     return image
+  except Image.DecompressionBombError as e:
+    raise BadInputError(f'image is too large ({e}); the limit is {MAX_SIDE} px a side '
+                        f'and {MAX_SLICE_PIXELS // 10**6} megapixels', path) from None
   except _DECODE_ERRORS as e:
-    raise BadInputError(f'unreadable image ({type(e).__name__}: {e})', path) from None
+    raise _unreadable_image(e, path) from None
+
+
+def _unreadable_image(error, path) -> BadInputError:
+  if isinstance(error, UnidentifiedImageError):  # its text repeats the path
+    return BadInputError('unreadable image (not a PNG/JPEG file, or a damaged one)', path)
+  return BadInputError(f'unreadable image ({error})', path)
+
+
+def image_shape(path) -> tuple:
+  """(H, W) of an image from its header, size limits checked (nothing decoded)."""
+  path = require_file(path)
+  try:
+    with Image.open(path) as image:
+      check_image_size(*image.size, path)
+      return image.height, image.width
+  except _DECODE_ERRORS as e:
+    raise _unreadable_image(e, path) from None
 
 
 def read_image(path) -> np.ndarray:
   """An 8-bit grayscale slice as float32 0..255 (H, W); colour photographs are errors."""
-  image = _open_image(path)
+  image = _open_image(path, MIN_SLICE_SIDE)
   if image.mode == 'P':  # a palette may hold colours: check as RGB
     image = image.convert('RGB')
   if image.mode in ('L', '1', 'LA'):
@@ -196,69 +319,102 @@ def _volume_checks(data, path) -> np.ndarray:
   return data
 
 
+def canonical(data, affine, path):
+  """(data, spacing, affine) in the closest canonical RAS orientation; the
+  spacing is the canonical affine's column lengths, checked to be plausible."""
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  image = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
+  spacing = np.linalg.norm(image.affine[:3, :3], axis=0).astype(np.float32)
+  check_spacing(spacing, path)
+  return np.asarray(image.dataobj, np.float32), spacing, image.affine
+
+
+def nifti_header(path):
+  """(header, shape, dtype, offset) of a NIfTI file from its header alone, checked
+  for form (`validate.nifti_header`) and size (`check_volume_size`)."""
+  from mtl_jax.data import validate  # pylint: disable=g-import-not-at-top
+  path = require_file(path)
+  header, shape, dtype, offset = validate.nifti_header(validate.nifti_bytes(path, 540),
+                                                       path)
+  if offset > MAX_EXTRA_BYTES:
+    raise BadInputError(f'NIfTI vox_offset {offset} puts the voxels more than '
+                        f'{MAX_EXTRA_BYTES >> 20} MiB after the header', path)
+  check_volume_size(shape, path)
+  return header, shape, dtype, offset
+
+
+def load_nifti(path):
+  """(checked nibabel header, voxels float32 (X, Y, Z) in the file's own axis order);
+  the header's get_best_affine() maps those voxels to millimetres.
+
+  In order: the header is checked and the declared size capped (nothing read
+  yet); then the whole file is read, a .nii.gz decompressed to its end so
+  that its CRC-32 and length are verified; a file shorter than its header
+  declares is refused; last, the voxels must be finite.
+  """
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  from mtl_jax.data import validate  # pylint: disable=g-import-not-at-top
+  header, _, dtype, offset = nifti_header(path)
+  need = offset + int(np.prod(header.get_data_shape(), dtype=object)) * dtype.itemsize
+  data = validate.nifti_bytes(path, need, whole=True, trailing=MAX_EXTRA_BYTES)
+  # A bare ArrayProxy, not a nibabel image: building an image re-runs nibabel's
+  # header repairs on a copy (and logs them), so it would not be what was checked.
+  proxy = nib.arrayproxy.ArrayProxy(io.BytesIO(data), header)
+  return header, _volume_checks(np.asarray(proxy, dtype=np.float32), path)
+
+
 def read_nifti(path):
   """(data float32 (X, Y, Z) in RAS, spacing (3,) mm, affine) of a NIfTI file."""
-  import nibabel as nib  # pylint: disable=g-import-not-at-top
-  try:
-    image = nib.as_closest_canonical(nib.load(str(path)))
-    data = image.get_fdata(dtype=np.float32)
-  except (*_DECODE_ERRORS, nib.filebasedimages.ImageFileError) as e:
-    raise BadInputError(f'unreadable NIfTI ({type(e).__name__}: {e})', path) from None
-  data = _volume_checks(data, path)
-  return data, np.asarray(image.header.get_zooms()[:3], np.float32), image.affine
+  header, voxels = load_nifti(path)
+  return canonical(voxels, header.get_best_affine(), path)
+
+
+def problems_error(what: str, problems: list, where) -> BadInputError:
+  """One error listing per-file problems ('name: reason'), the first ten of them."""
+  shown = problems[:10] + ([f'and {len(problems) - 10} more'] if len(problems) > 10 else [])
+  return BadInputError(f'{what}: {"; ".join(shown)}', where)
 
 
 def read_dicom_series(folder):
-  """(HU float32 (X, Y, Z) in RAS, spacing, affine) of a folder of CT DICOM slices.
+  """(HU float32 (X, Y, Z) in RAS, spacing, affine) of a folder of CT DICOM slices."""
+  folder = require_file(folder)
+  files = [f for f in sorted(folder.iterdir()) if not f.name.startswith('.')
+           and (f.is_file() or f.is_symlink())]
+  return read_dicom_files(files, folder)
 
-  Slices are sorted by ImagePositionPatient along the slice normal; pixel data
-  is rescaled to HU with RescaleSlope/RescaleIntercept.
+
+def read_dicom_files(files, where):
+  """(HU float32 (X, Y, Z) in RAS, spacing, affine) of one series' CT slice files.
+
+  Every file is checked (`validate.dicom_geometry`) and problems of all files
+  are reported together, naming each file and tag. The study size (Rows x
+  Columns x number of files) is capped before any pixel is decoded. Slices
+  are sorted by ImagePositionPatient along the slice normal
+  (`validate.dicom_series_affine`); pixel data is rescaled to HU with
+  RescaleSlope/RescaleIntercept.
   """
-  import nibabel as nib  # pylint: disable=g-import-not-at-top
-  import pydicom  # pylint: disable=g-import-not-at-top
-  files = [f for f in sorted(pathlib.Path(folder).iterdir())
-           if f.is_file() and not f.name.startswith('.')]
+  from mtl_jax.data import validate  # pylint: disable=g-import-not-at-top
   if not files:
-    raise BadInputError('DICOM series folder is empty', folder)
+    raise BadInputError('DICOM series folder is empty', where)
   slices, problems = [], []
   for f in files:
     try:
-      ds = pydicom.dcmread(f)
-      if ds.get('Modality') != 'CT':
-        raise ValueError(f'Modality is {ds.get("Modality")!r}, not CT')
-      orient = np.asarray(ds.ImageOrientationPatient, np.float64)
-      hu = ds.pixel_array.astype(np.float32) * float(ds.get('RescaleSlope', 1))
-      hu += float(ds.get('RescaleIntercept', 0))
-      slices.append((np.asarray(ds.ImagePositionPatient, np.float64), orient,
-                     np.asarray(ds.PixelSpacing, np.float64), hu))
-    except (*_DECODE_ERRORS, AttributeError, KeyError, TypeError, RuntimeError,
-            NotImplementedError, pydicom.errors.InvalidDicomError) as e:
-      problems.append(f'{f.name} ({type(e).__name__}: {e})')
+      ds = validate.dicom_file(require_file(f))
+      geometry = validate.dicom_geometry(ds, f)
+    except BadInputError as e:
+      problems.append(f'{pathlib.Path(f).name}: {e.reason}')
+      continue
+    check_volume_size((geometry['columns'], geometry['rows'], len(files)), f,
+                      'series (Columns x Rows x files)')  # the whole study: stop now
+    try:
+      slices.append((geometry, validate.dicom_hu(ds, geometry, f)))
+    except BadInputError as e:
+      problems.append(f'{pathlib.Path(f).name}: {e.reason}')
   if problems:
-    raise BadInputError(f'bad DICOM files: {"; ".join(problems)}', folder)
-  orient = slices[0][1]
-  if any(not np.allclose(s[1], orient, atol=1e-4) or s[3].shape != slices[0][3].shape
-         for s in slices):
-    raise BadInputError('slices differ in orientation or size', folder)
-  normal = np.cross(orient[:3], orient[3:])
-  slices.sort(key=lambda s: float(s[0] @ normal))
-  depth = np.array([s[0] @ normal for s in slices])
-  gaps = np.diff(depth)
-  if len(slices) > 1 and (gaps.min() <= 1e-3 or np.ptp(gaps) > 0.1 * gaps.mean()):
-    raise BadInputError('duplicate or unevenly spaced slice positions (missing '
-                        'slices?)', folder)
-  row_mm, col_mm = slices[0][2]
-  lps = np.eye(4)  # voxel (col, row, slice) -> LPS millimetres
-  lps[:3, 0], lps[:3, 1] = orient[:3] * col_mm, orient[3:] * row_mm
-  lps[:3, 2] = (slices[-1][0] - slices[0][0]) / max(len(slices) - 1, 1)
-  if len(slices) == 1:
-    lps[:3, 2] = normal * float(slices[0][2].mean())
-  lps[:3, 3] = slices[0][0]
-  affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
-  data = np.stack([s[3].T for s in slices], axis=-1)
-  image = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
-  data = _volume_checks(np.asarray(image.dataobj, np.float32), folder)
-  return data, np.asarray(image.header.get_zooms()[:3], np.float32), image.affine
+    raise problems_error('bad DICOM files', problems, where)
+  order, affine = validate.dicom_series_affine([g for g, _ in slices], where)
+  data = _volume_checks(np.stack([slices[k][1].T for k in order], axis=-1), where)
+  return canonical(data, affine, where)
 
 
 def read_volume(path):
@@ -284,41 +440,3 @@ def axial_slices(volume) -> np.ndarray:
 
 def same_geometry(shape_a, affine_a, shape_b, affine_b) -> bool:
   return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-3)
-
-
-def read_list(path) -> list:
-  """Non-empty, stripped lines of a split list."""
-  with open(path, encoding='utf-8') as f:
-    return [line.strip() for line in f if line.strip()]
-
-
-def read_csv(path) -> list:
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    return list(csv.DictReader(f))
-
-
-def read_xlsx_columns(path, columns) -> list:
-  """Rows of the first sheet of an .xlsx as dicts of the named header columns
-  (stdlib only: no openpyxl)."""
-  ns = {'m': 'http://schemas.openxmlformats.org/spreadsheetml/2006/main'}
-  with zipfile.ZipFile(path) as z:
-    names = z.namelist()
-    strings = []
-    if 'xl/sharedStrings.xml' in names:
-      root = ElementTree.fromstring(z.read('xl/sharedStrings.xml'))
-      strings = [''.join(t.text or '' for t in si.iter(f'{{{ns["m"]}}}t'))
-                 for si in root.findall('m:si', ns)]
-    sheet = ElementTree.fromstring(z.read('xl/worksheets/sheet1.xml'))
-  rows = []
-  for row in sheet.iter(f'{{{ns["m"]}}}row'):
-    cells = {}
-    for cell in row.findall('m:c', ns):
-      value = cell.find('m:v', ns)
-      if value is not None:
-        col = re.match(r'[A-Z]+', cell.get('r')).group()
-        cells[col] = strings[int(value.text)] if cell.get('t') == 's' else value.text
-    rows.append(cells)
-  if not rows:
-    return []
-  header = {v: k for k, v in rows[0].items()}
-  return [{c: r.get(header.get(c), '') for c in columns} for r in rows[1:]]

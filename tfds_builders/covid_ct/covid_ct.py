@@ -15,7 +15,7 @@ preprint id (COVID) or the name before "%" (NonCOVID), a coarser/finer guess.
 
 import re
 
-from mtl_jax.data import features, readers
+from mtl_jax.data import features, readers, tables
 from tfds_builders import common
 
 _SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
@@ -34,12 +34,12 @@ def meta_patients(meta) -> dict:
   out = {}
   xlsx, csv = meta / 'COVID-CT-MetaInfo.xlsx', meta / 'NonCOVID-CT-MetaInfo.csv'
   if xlsx.exists():
-    for row in readers.read_xlsx_columns(xlsx, ('File name', 'Patient ID')):
+    for row in tables.read_xlsx_columns(xlsx, ('File name', 'Patient ID')):
       if row['File name'] and row['Patient ID']:
         out['COVID', row['File name']] = (f'{name_patient(row["File name"], "COVID")}'
                                           f'/{row["Patient ID"]}')
   if csv.exists():
-    for row in readers.read_csv(csv):
+    for row in tables.read_csv(csv):
       if row.get('image name') and row.get('patient id'):
         out['NonCOVID', row['image name']] = row['patient id']
   return out
@@ -72,7 +72,7 @@ class CovidCt(common.SliceFolderBuilder):
         lst = root / 'splits' / f'{prefix}CT_{cls}.txt'
         if not lst.exists():
           continue
-        for name in readers.read_list(lst):
+        for name in tables.read_list(lst):
           path = root / 'images' / f'CT_{cls}' / name
           if path in listed:
             bad.add(path, f'listed in both {listed[path]} and {lst.name}')

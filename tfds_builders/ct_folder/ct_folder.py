@@ -37,7 +37,7 @@ without a CSV row, a mask whose geometry differs from its volume: all are bad
 files, listed together in one error.
 """
 
-from mtl_jax.data import features, readers
+from mtl_jax.data import features, readers, tables
 from tfds_builders import common
 
 LABELS = {'covid19': common.COVID, 'normal': common.NORMAL, 'other': common.OTHER,
@@ -60,7 +60,7 @@ class CtFolder(common.SliceFolderBuilder):
   def _find_units(self, root, bad):
     if not (root / 'labels.csv').is_file() or not (root / 'images').is_dir():
       raise readers.BadInputError('need labels.csv and images/')
-    rows = readers.read_csv(root / 'labels.csv')
+    rows = tables.read_csv(root / 'labels.csv')
     if rows and not {'patient_id', 'label'} <= set(rows[0]):
       raise readers.BadInputError(f'labels.csv header is {",".join(rows[0])}; '
                                   'expected patient_id,label')

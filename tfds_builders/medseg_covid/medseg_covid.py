@@ -56,6 +56,7 @@ class MedsegCovid(common.SliceFolderBuilder):
         continue
       units.append(common.Unit(key=f'images/{f.name}', patient_id=f'slice_{f.stem}',
                                image=f, mask=mask[0], label=common.COVID))
+    readers.masks_without_images(masks, folder / 'images', bad)
     return units
 
   def _nifti(self, root, bad):

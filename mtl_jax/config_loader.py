@@ -3,7 +3,9 @@
 The same contract as ml_collections' `config_flags`, without absl's global
 flag registry, so that each CLI verb can parse its own arguments. Every
 mistake (missing file, unknown preset, unknown key, wrong type) is a
-`ConfigError` with a one-line message that lists what is valid.
+`ConfigError` with a one-line message that lists what is valid. `from_dict`
+reads a config saved in a checkpoint, filling only fields it predates, from
+an explicit table of their old values.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 
@@ -116,16 +119,78 @@ def to_json(config) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
-def from_dict(data: dict) -> ml_collections.ConfigDict:
-  """A config saved in a checkpoint; fields added since then take their defaults.
+# Fields added to the config after checkpoints were first written, each with
+# the value that reproduces what a checkpoint from before it did (not today's
+# default, which may differ). A saved config lacking one gets it from here;
+# a saved config lacking any other field is refused.
+LEGACY_DEFAULTS = {
+    'data.input_kind': 'hu',                    # f24a569: 8-bit renderings
+    'data.standardize': 'none',                 # 8e2b72a: intensity standardisation
+    'data.standardize_reference': (0.5, 0.27),  # 8e2b72a
+    'data.balance_classes': False,              # 8e2b72a: within-source balancing
+    'data.lung_crop': False,                    # 23ceb5f: lung crop
+}
+# Renamed fields: old name -> (new name, conversion of the old value).
+RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}
 
-  Only whole fields are filled in (`data.standardize`), never entries inside a
-  saved value such as `data.sources`.
+
+def _has(data: dict, dotted: str) -> bool:
+  node = data
+  for part in dotted.split('.'):
+    if not isinstance(node, dict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def _pop(data: dict, dotted: str):
+  *parents, leaf = dotted.split('.')
+  node = data
+  for part in parents:
+    node = node[part]
+  return node.pop(leaf)
+
+
+def _put(data: dict, dotted: str, value):
+  *parents, leaf = dotted.split('.')
+  node = data
+  for part in parents:
+    node = node.setdefault(part, {})
+  node[leaf] = value
+
+
+def from_dict(data: dict, where: str = 'saved config') -> ml_collections.ConfigDict:
+  """A config saved in a checkpoint, as the code of today reads it.
+
+  Fields the checkpoint predates get their `LEGACY_DEFAULTS` value (logged,
+  and listed in the config's `legacy_fields`); renamed fields are converted.
+  Any other field missing is a one-line ConfigError: a saved config is never
+  silently completed from today's `configs/default.py`.
   """
-  from configs import default  # pylint: disable=g-import-not-at-top
-  data = dict(data)
-  for section, fields in default.get_config().to_dict().items():
-    if isinstance(fields, dict) and isinstance(data.get(section), dict):
-      data[section] = {**{k: v for k, v in fields.items() if k not in data[section]},
-                       **data[section]}
-  return ml_collections.ConfigDict(data)
+  data = json.loads(json.dumps(data))  # a deep copy
+  filled = []
+  for old, (new, convert) in RENAMED.items():
+    if _has(data, old) and not _has(data, new):
+      _put(data, new, convert(_pop(data, old)))
+      filled.append(f'{old} -> {new}')
+  for key, value in LEGACY_DEFAULTS.items():
+    if not _has(data, key):
+      _put(data, key, value)
+      filled.append(key)
+  missing = [key for key in _all_keys(load_config(DEFAULT_CONFIG))
+             if not _has(data, key) and not _is_open_dict(key)]
+  if missing:
+    raise ConfigError(f'{where} lacks {", ".join(missing)}, which this mtl-jax needs and '
+                      'has no recorded old value for (config_loader.LEGACY_DEFAULTS); '
+                      'it was written by another mtl-jax version')
+  if filled:
+    logging.info('%s predates %s: filled with the values from before they existed',
+                 where, ', '.join(filled))
+  config = ml_collections.ConfigDict(data)
+  config.legacy_fields = tuple(filled)
+  return config
+
+
+def _is_open_dict(key: str) -> bool:
+  """Entries of free-form mappings (sources, task weights) are not schema fields."""
+  return key.startswith(('data.sources.', 'data.eval_sources.', 'loss.weights.'))

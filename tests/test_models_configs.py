@@ -167,6 +167,24 @@ def test_saved_config_gains_new_fields_but_keeps_its_values():
   assert config.data.standardize == 'none' and config.data.balance_classes is False
   assert dict(config.data.sources) == {'medseg_covid': 1.0}  # not merged with defaults
   assert tuple(config.model.widths) == tuple(saved['model']['widths'])
+  assert set(config.legacy_fields) == {'data.standardize', 'data.balance_classes'}
+
+
+def test_saved_config_is_never_completed_from_todays_defaults():
+  saved = json.loads(config_loader.to_json(default.get_config('tiny')))
+  # A field with no recorded old value: refused, not filled with today's value.
+  del saved['train']['best_metric']
+  with pytest.raises(config_loader.ConfigError, match='lacks train.best_metric'):
+    config_loader.from_dict(saved)
+  # The oldest format: a single eval_source, none of the later fields.
+  saved = json.loads(config_loader.to_json(default.get_config('tiny')))
+  saved['data']['eval_source'] = saved['data'].pop('eval_sources')[0]
+  for key in config_loader.LEGACY_DEFAULTS:
+    del saved['data'][key.split('.')[1]]
+  config = config_loader.from_dict(saved)
+  assert tuple(config.data.eval_sources) == ('synthetic_ct',)
+  assert config.data.input_kind == 'hu' and config.data.lung_crop is False
+  assert 'data.eval_source -> data.eval_sources' in config.legacy_fields
 
 
 def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():

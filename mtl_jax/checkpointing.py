@@ -25,8 +25,10 @@ from mtl_jax.errors import CheckpointError, ConfigError
 LATEST_DIR = 'checkpoints'
 BEST_DIR = 'best'
 # Config sections that change the parameter tree or what the model means.
+# (The HU window is a property of the built data, checked against it at
+# start: `pipeline.check_built`.)
 ARCHITECTURE_KEYS = ('model', 'loss.weights', 'loss.uncertainty_weighting',
-                     'data.image_size', 'data.window_hu')
+                     'data.image_size')
 
 
 def selection_value(results: dict, best_metric: str) -> float | None:

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                      help='folder holding the source files, for real datasets')
   build.add_argument('--skip_bad', action='store_true',
                      help='leave out bad files (recorded in the metadata)')
+  build.add_argument('--window_hu', type=float, nargs=2, metavar=('LOW', 'HIGH'),
+                     default=None, help='HU window CT volumes are rendered with '
+                     '(default: the lung window -1000 400); recorded in the dataset')
 
   predict = sub.add_parser(
       'predict', help='segment, classify and grade a CT study (or a batch)',
@@ -127,7 +130,8 @@ def _run(args, overrides) -> int:
     demo.run_demo(args.workdir, args.config, overrides)
   elif args.command == 'build-data':
     kwargs = {key: value for key, value in (('manual_dir', args.manual_dir),
-                                            ('skip_bad', args.skip_bad)) if value}
+                                            ('skip_bad', args.skip_bad),
+                                            ('window_hu', args.window_hu)) if value}
     from tfds_builders import registry  # pylint: disable=g-import-not-at-top
     path = registry.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
     print(path)

@@ -22,8 +22,6 @@ class InputReplay:
     self.image_size = int(prep['image_size'])
     self.window = tuple(float(v) for v in prep['window_hu'])
     self.model_kind = prep.get('input_kind', 'hu')
-    self.render_window = tuple(float(v) for v in prep.get('render_window_hu',
-                                                          self.window))
     self.standardization = prep.get('standardize', {'mode': 'none'})
     self.lung_crop = bool(prep.get('lung_crop'))
 
@@ -33,7 +31,7 @@ class InputReplay:
       return (lambda s: preprocess.window_hu(s, *self.window),
               f'HU clipped to the window {list(self.window)} and scaled to [0, 1]', None)
     if intensity == 'hu':
-      w = self.render_window
+      w = self.window
       return (lambda s: np.round(preprocess.window_hu(s, *w) * 255.0) / 255.0,
               f'HU rendered as an 8-bit image with the lung window {list(w)} HU '
               '(the model was trained on 8-bit renderings), then scaled to [0, 1]',

@@ -121,10 +121,12 @@ class Runtime:
       ckpt.close()
 
 
-def checkpoint_meta(config, step: int, source_stats: dict) -> dict:
-  """What evaluation and prediction need to rebuild and replay the model."""
+def checkpoint_meta(config, step: int, source_stats: dict, built: dict | None = None) -> dict:
+  """What evaluation and prediction need to rebuild and replay the model:
+  the config, and the preprocessing (the builders' records in `built`, and
+  training's own choices)."""
   return {'config': json.loads(config_loader.to_json(config)),
-          'preprocessing': preprocess.settings_from_config(config, source_stats),
+          'preprocessing': preprocess.settings_from_config(config, source_stats, built),
           'tasks': list(tasks_lib.enabled_tasks(config)),
           'data_iterator': {'step': int(step), 'sources': dict(config.data.sources)}}
 

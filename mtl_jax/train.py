@@ -142,7 +142,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   use it to stand in for a killed process.
   """
   trainer = Trainer(config)
-  pipeline.check_built(config)  # a mistake leaves no workdir behind
+  built = pipeline.check_built(config)  # a mistake leaves no workdir behind
   os.makedirs(workdir, exist_ok=True)
   parallel.log_topology()
   lead = jax.process_index() == 0
@@ -177,7 +177,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
 
   try:
     stats = pipeline.source_stats(config)
-    meta_at = lambda step: runtime_lib.checkpoint_meta(config, step, stats)
+    meta_at = lambda step: runtime_lib.checkpoint_meta(config, step, stats, built)
     shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
     batches = pipeline.iterate(pipeline.train_dataset(config, shard, stats), start, config)
     total = config.train.num_train_steps

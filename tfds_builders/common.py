@@ -7,8 +7,9 @@ beside the repo), (2) reads and validates EVERY input before writing anything
 and raises one `BadInputError` listing every bad file (or, with
 `skip_bad=True`, leaves them out and records them in the metadata), (3) splits
 at patient/volume level, deterministically, and (4) writes slices in the one
-feature spec: [0, 1] image (HU -> lung window; 8-bit -> /255), square-padded,
-resized; masks with nearest neighbour.
+feature spec: [0, 1] image (HU -> `window_hu`, the lung window unless the build
+says otherwise; 8-bit -> /255), square-padded, resized; masks with nearest
+neighbour; what it did goes into the metadata (`preprocessing`).
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, skip_bad: bool = False, seed: int = 0,
                max_examples_per_split: int | None = None,
-               every_nth_slice: int = 1, lung_slices_only: bool = False, **kwargs):
+               every_nth_slice: int = 1, lung_slices_only: bool = False,
+               window_hu=preprocess.LUNG_WINDOW, **kwargs):
     if every_nth_slice < 1:
       raise ValueError(f'every_nth_slice must be >= 1, got {every_nth_slice}')
     self._skip_bad, self._seed = bool(skip_bad), int(seed)
@@ -160,7 +162,8 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
     self._every_nth, self._lung_only = int(every_nth_slice), bool(lung_slices_only)
     self._manual_path, self._cache = None, (None, None)
     self._notes, self._split_rule = [], self.SPLIT_RULE
-    self._volumes_8bit = set()
+    self._volumes_8bit, self._kinds = set(), set()
+    self._window = tuple(float(v) for v in window_hu)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -253,6 +256,8 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
         'skipped': skipped, 'notes': self._notes,
         'no_selected_slices': sorted(u.key for u in units if not checked[u.key]),
         'volumes_8bit': sorted(self._volumes_8bit),  # 0..255 volumes, not HU
+        'preprocessing': preprocess.rendering_record(
+            self._window, self.builder_config.image_size, self._kinds),
         'options': {'every_nth_slice': self._every_nth,
                     'lung_slices_only': self._lung_only,
                     'max_examples_per_split': self._max_examples,
@@ -264,6 +269,8 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
     loaded = self._load(unit)
     if loaded.intensity == '8bit' and loaded.spacing is not None:
       self._volumes_8bit.add(unit.image.name)
+    if loaded.slices:
+      self._kinds.add(loaded.intensity)
     return loaded.slices
 
   def _load(self, unit: Unit) -> Loaded:
@@ -304,11 +311,13 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
                             f'{volume.shape} ({image.name}: shape and affine '
                             'must agree)', mask)
       masks = readers.axial_slices(readers.map_labels(mvol, self.VOLUME_MASK_MAP, mask))
-    scaled = preprocess.window_hu(volume) if kind == 'hu' else preprocess.scale_8bit(volume)
+    scaled = (preprocess.window_hu(volume, *self._window) if kind == 'hu'
+              else preprocess.scale_8bit(volume))
     images = readers.axial_slices(scaled)
     slices = list(range(0, len(images), self._every_nth))
     if self._lung_only and kind == 'hu':
-      lung = (preprocess.window_hu(-950), preprocess.window_hu(-500))
+      lung = (preprocess.window_hu(-950, *self._window),
+              preprocess.window_hu(-500, *self._window))
       slices = [k for k in slices if np.mean((images[k] > lung[0]) &
                                              (images[k] < lung[1])) >= LUNG_WINDOW_FRACTION]
     return Loaded(images, masks, np.array([spacing[1], spacing[0]], np.float32),

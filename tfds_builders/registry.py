@@ -51,6 +51,12 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
         'the model resizes inputs to config.data.image_size in any case')
   existing = datasets.builder_dir(name, data_dir, image_size, str(module.Builder.VERSION))
   if existing:
+    window = kwargs.get('window_hu')
+    built = datasets.built_record(existing)['window_hu']
+    if window is not None and [float(v) for v in window] != [float(v) for v in built]:
+      raise DatasetNotFoundError(
+          f'{name} at {image_size}px in {data_dir} is built with window_hu {built}, '
+          f'not {list(window)}; build into another --data_dir')
     return existing
   manual_dir = kwargs.pop('manual_dir', None)
   builder = module.Builder(config=str(image_size), data_dir=data_dir,

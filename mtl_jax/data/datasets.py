@@ -12,7 +12,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from mtl_jax.data import features
+from mtl_jax.data import features, preprocess
 from mtl_jax.errors import DatasetNotFoundError
 
 
@@ -33,6 +33,20 @@ def builder_dir(name: str, data_dir: str, image_size: int,
     return None
   newest = max(versions, key=lambda v: tuple(int(p) for p in v.split('.')))
   return os.path.join(config_dir, newest)
+
+
+def built_record(path: str) -> dict:
+  """The preprocessing record a builder wrote (`preprocess.rendering_record`).
+
+  Datasets built before builders wrote one were rendered with the default
+  lung window; their input kinds are unknown (None).
+  """
+  metadata = tfds.builder_from_directory(path).info.metadata or {}
+  record = metadata.get('preprocessing')
+  if record:
+    return dict(record)
+  return {'window_hu': list(preprocess.LUNG_WINDOW), 'input_kinds': None,
+          'legacy': 'built before datasets recorded their preprocessing'}
 
 
 class DecodedSource:

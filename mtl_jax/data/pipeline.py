@@ -73,14 +73,35 @@ def split_summary(source, lung_crop: bool = False) -> SplitSummary:
       else _summarize(source, lung_crop)
 
 
-def check_built(config):
-  """Every split the run reads exists (train of each source, validation of
+def check_built(config) -> dict:
+  """{source: its builder's preprocessing record}, checked against the config.
+
+  Every split the run reads must exist (train of each source, validation of
   each eval source), else the one-line DatasetNotFoundError that says how to
-  build it: checked before a run creates anything in its workdir."""
-  for name in config.data.sources:
-    datasets.load_split(name, 'train', config.data.data_dir, config.data.image_size)
-  for name in config.data.eval_sources:
-    datasets.load_split(name, 'validation', config.data.data_dir, config.data.image_size)
+  build it; the sources must share one HU window, and `data.window_hu` and
+  `data.input_kind` must not contradict what was built (ConfigError).
+  Checked before a run creates anything in its workdir.
+  """
+  data, records = config.data, {}
+  for names, split in ((data.sources, 'train'), (data.eval_sources, 'validation')):
+    for name in names:
+      source = datasets.load_split(name, split, data.data_dir, data.image_size)
+      records[name] = datasets.built_record(source.path)
+  windows = {name: tuple(r['window_hu']) for name, r in records.items()}
+  if len(set(windows.values())) > 1:
+    raise ConfigError('the sources were built with different HU windows ('
+                      + ', '.join(f'{n}: {list(w)}' for n, w in sorted(windows.items()))
+                      + '); rebuild them with one --window_hu')
+  built = next(iter(windows.values()), tuple(data.window_hu))
+  if tuple(float(v) for v in data.window_hu) != built:
+    raise ConfigError(f'config.data.window_hu={list(data.window_hu)} but the data in '
+                      f'{data.data_dir} was built with {list(built)}: drop the override, '
+                      f'or rebuild with mtl-jax build-data NAME --window_hu LOW HIGH')
+  kinds = {k for r in records.values() for k in (r.get('input_kinds') or ())}
+  if kinds and data.input_kind not in kinds:
+    raise ConfigError(f'config.data.input_kind={data.input_kind!r} but the built sources '
+                      f'hold only {sorted(kinds)} slices')
+  return records
 
 
 def source_stats(config) -> dict:

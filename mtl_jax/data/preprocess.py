@@ -1,30 +1,55 @@
 """Preprocessing shared by builders, training and prediction.
 
-Every choice here is recorded in the checkpoint (`settings_from_config`), so
-that evaluation and `mtl-jax predict` replay exactly what training saw.
+One record travels with the data: a builder writes what it did to each slice
+(`rendering_record`: HU window, input kinds, stored size) into the dataset's
+metadata; training checks its config against it and stores it, with its own
+choices, in every checkpoint (`settings`); `mtl-jax predict` replays that
+(`mtl_jax/replay.py`), so evaluation and prediction see what training saw.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+LUNG_WINDOW = (-1000.0, 400.0)  # HU, the default rendering of CT volumes
+RENDERING = ('HU volumes: clipped to window_hu and scaled to [0, 1]; 8-bit slices: '
+             'value / 255; then square-padded with 0 (centred), resized bilinearly '
+             'to image_size, clipped to [0, 1]')
 
-def window_hu(hu, low: float = -1000.0, high: float = 400.0) -> np.ndarray:
+
+def window_hu(hu, low: float = LUNG_WINDOW[0], high: float = LUNG_WINDOW[1]) -> np.ndarray:
   """Clip Hounsfield units to a window (default: lung window) and scale to [0, 1]."""
   hu = np.asarray(hu, np.float32)
   return (np.clip(hu, low, high) - low) / (high - low)
 
 
-def settings_from_config(config, source_stats: dict | None = None) -> dict:
+def rendering_record(window, image_size: int, input_kinds) -> dict:
+  """What a dataset builder did to every slice, for the dataset's metadata.
+
+  `input_kinds`: which of 'hu' (windowed CT numbers) and '8bit' (renderings
+  scaled by 1/255) the built slices came from.
+  """
+  return {'window_hu': [float(v) for v in window], 'image_size': int(image_size),
+          'input_kinds': sorted(set(input_kinds)), 'input_range': [0.0, 1.0],
+          'rendering': RENDERING}
+
+
+def settings_from_config(config, source_stats: dict | None = None,
+                         built: dict | None = None) -> dict:
   """The preprocessing a model was trained with, as JSON for its checkpoint.
 
-  `source_stats` ({source: [mean, std]}) is the table per-source
+  `built` ({source: rendering_record}) is what the builders recorded; the
+  window comes from there (`pipeline.check_built` made sure the config
+  agrees). `source_stats` ({source: [mean, std]}) is the table per-source
   standardisation used; prediction standardises a study by its own statistics.
   """
+  windows = {tuple(r['window_hu']) for r in (built or {}).values() if r}
+  window = windows.pop() if len(windows) == 1 else tuple(config.data.window_hu)
   return {
       'image_size': int(config.data.image_size),
       'input_kind': str(config.data.input_kind),
-      'window_hu': [float(v) for v in config.data.window_hu],
+      'window_hu': [float(v) for v in window],
+      'built': built or {},
       'input_range': [0.0, 1.0],
       'sources': {name: float(w) for name, w in config.data.sources.items()},
       'lung_crop': ({'margin': LUNG_CROP_MARGIN, 'method': 'square around dark '

@@ -11,7 +11,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from mtl_jax.data import features, synthetic
+from mtl_jax.data import features, preprocess, synthetic
 
 DEFAULT_SPLIT_SIZES = {'train': 2000, 'validation': 300, 'test': 300}
 
@@ -44,8 +44,11 @@ class SyntheticCt(tfds.core.GeneratorBasedBuilder):
   ]
 
   def __init__(self, *, num_train: int | None = None, num_validation: int | None = None,
-               num_test: int | None = None, seed: int | None = None, **kwargs):
-    """Keyword overrides of the config's split sizes / seed (None: keep)."""
+               num_test: int | None = None, seed: int | None = None,
+               window_hu=preprocess.LUNG_WINDOW, **kwargs):
+    """Keyword overrides of the config's split sizes / seed (None: keep), and
+    the HU window the slices are rendered with."""
+    self._window = tuple(float(v) for v in window_hu)
     self._overrides = {k: int(v) for k, v in (
         ('num_train', num_train), ('num_validation', num_validation),
         ('num_test', num_test), ('seed', seed)) if v is not None}
@@ -70,8 +73,10 @@ class SyntheticCt(tfds.core.GeneratorBasedBuilder):
         citation='Amyar et al., Multi-task deep learning based CT imaging analysis '
                  'for COVID-19 pneumonia: classification and segmentation. '
                  'Comput Biol Med 126:104037 (2020).',
-        metadata=tfds.core.MetadataDict(seed=self._setting('seed'),
-                                        split_sizes=self.split_sizes),
+        metadata=tfds.core.MetadataDict(
+            seed=self._setting('seed'), split_sizes=self.split_sizes,
+            preprocessing=preprocess.rendering_record(
+                self._window, self.builder_config.image_size, ['hu'])),
     )
 
   def _split_generators(self, dl_manager):
@@ -81,4 +86,5 @@ class SyntheticCt(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, num_examples):
     yield from synthetic.generate_split(self._setting('seed'), num_examples,
-                                        self.builder_config.image_size, split)
+                                        self.builder_config.image_size, split,
+                                        window=self._window)

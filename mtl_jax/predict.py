@@ -22,16 +22,12 @@ slices. Probabilities are resized back to each slice's size bilinearly,
 then thresholded at 0.5 (binary) or argmax'ed (GGO/consolidation), and
 written in the INPUT's geometry.
 
-Study-level classification (AGGREGATION): the class-probability vectors of
-the k eligible slices with the highest P(covid19) are averaged, k =
-ceil(10% of eligible slices), at least 1; the predicted class is the argmax
-of that mean. Eligible slices contain lung (>= 0.5% of the slice inside the
-HU lung mask); for 8-bit inputs, or when no slice has lung, every slice is
-eligible. Reason: COVID-19 lesions occupy a minority of slices, so a plain
-mean over the volume dilutes them, while a single max is noisy; a top-10%
-mean is a standard multiple-instance pooling. The same eligible slices give
-the OOD score: their mean reconstruction MSE as a percentile of the training
-distribution stored in the checkpoint (flagged above the 99th percentile).
+Eligible slices contain lung (>= 0.5% of the slice inside the HU lung mask);
+for 8-bit inputs, or when no slice has lung, every slice is eligible. The
+study-level class pools the eligible slices (`report.aggregate_slices`, a
+top-10% mean), and the OOD score is their mean reconstruction MSE as a
+percentile of the distribution stored in the checkpoint; `report.build`
+assembles report.json from these.
 
 Every output goes to a temporary folder beside OUTDIR and is renamed into
 place at the end: an error leaves OUTDIR exactly as it was.
@@ -39,7 +35,6 @@ place at the end: an error leaves OUTDIR exactly as it was.
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 import sys
@@ -47,18 +42,11 @@ import sys
 import numpy as np
 
 from mtl_jax import checkpointing, errors, jsonio, lungs, metrics, parallel, replay, report
-from mtl_jax import tasks
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import volume_io
-from mtl_jax.data.features import CLASS_NAMES, SEG_CLASS_NAMES
+from mtl_jax.data.features import CLASS_NAMES
 
-AGG_FRACTION = 0.10
 LUNG_SLICE_FRACTION = 0.005
-AGGREGATION = ('mean of the class-probability vectors of the k eligible slices with '
-               'the highest P(covid19), k = ceil(0.10 x eligible slices) (at least '
-               '1); eligible = slices with >= 0.5% of their area in the lung mask '
-               '(every slice for 8-bit input or when none has lung); predicted '
-               'class = argmax')
 
 
 class NoModelError(errors.CheckpointError):
@@ -76,17 +64,6 @@ def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
     raise NoModelError(f'{path}: checkpoint has no config/preprocessing record '
                        '(written by an older mtl-jax?); retrain or re-save it')
   return meta, path
-
-
-def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
-                     fraction: float = AGG_FRACTION):
-  """(study probabilities, indices used) by the top-k-COVID mean (see module doc)."""
-  idx = np.flatnonzero(eligible)
-  if idx.size == 0:
-    idx = np.arange(len(probs))
-  k = max(1, math.ceil(fraction * idx.size))
-  top = idx[np.argsort(-probs[idx, 0], kind='stable')[:k]]
-  return probs[top].mean(axis=0), np.sort(top)
 
 
 class Predictor:
@@ -180,83 +157,21 @@ class Predictor:
     return rep
 
   def _report(self, study, labels, cls, recon, rendering, render_warning) -> dict:
-    num, voxel_ml = study.num_slices, study.voxel_ml
-    warnings = [f'{study.path}: {render_warning}'] if render_warning else []
-    lesion_px = (np.zeros(num, np.int64) if labels is None
-                 else (labels > 0).sum(axis=(0, 1)))
     lung_info, eligible = self._lungs(study, labels)
-    lung_px, outside_ml = lung_info.pop('_pixels_per_slice'), lung_info.pop('_outside_ml')
-    probs = None
-    classification = None
-    if not np.isnan(cls).all():
-      probs, used = aggregate_slices(cls, eligible)
-      classification = {
-          'class_names': self.class_names,
-          'probabilities': dict(zip(self.class_names, map(float, probs))),
-          'predicted_class': self.class_names[int(np.argmax(probs))],
-          'aggregation': {'rule': 'top_k_covid_mean', 'description': AGGREGATION,
-                          'fraction': AGG_FRACTION, 'k': int(used.size),
-                          'eligible_slices': int(eligible.sum() or num),
-                          'slices_used': used.tolist()}}
-    ood = None
-    reference = self.meta.get('ood_reference')
-    if not np.isnan(recon).all():
-      value = float(np.nanmean(recon[eligible] if eligible.any() else recon))
-      ood = {'metric': 'mean per-slice reconstruction MSE of the eligible slices, '
-                       'as a percentile of held-out in-distribution slices',
-             'value': value,
-             'percentile': None, 'threshold_percentile': report.OOD_THRESHOLD_PERCENTILE,
-             'flagged': None, 'reference': None}
-      if reference and reference.get('percentiles'):
-        ood.update(report.ood_score(value, reference['percentiles']))
-        ood['reference'] = {k: reference.get(k)
-                            for k in ('sources', 'split', 'num_examples')}
-        if ood['flagged']:
-          warnings.append(f'{study.path}: out of distribution: reconstruction error '
-                          f'at percentile {ood["percentile"]:.1f} of held-out training-like slices '
-                          f'(above the {report.OOD_THRESHOLD_PERCENTILE}th); the '
-                          'input may not be a chest CT like the training data')
-      else:
-        ood['note'] = 'checkpoint has no OOD reference (ood_reference)'
-    lesion = None
-    if labels is not None:
-      lesion = {'threshold': tasks.LESION_THRESHOLD if not self.multi else 'argmax',
-                'voxel_volume_ml': voxel_ml,
-                'volume_ml': None if voxel_ml is None else float(lesion_px.sum() * voxel_ml),
-                'area_pixels': int(lesion_px.sum()) if study.kind == 'image' else None,
-                'by_class_ml': None, 'outside_lung_ml': outside_ml}
-      if self.multi and voxel_ml is not None:
-        counts = np.bincount(labels.ravel(), minlength=len(SEG_CLASS_NAMES))
-        lesion['by_class_ml'] = {n: float(counts[i] * voxel_ml)
-                                 for i, n in enumerate(SEG_CLASS_NAMES) if i}
-    involvement = (lung_info.get('involvement_percent') or {}).get('total')
-    slices = [{'index': k, 'lung': bool(lung_px[k] > 0) if lung_px is not None else None,
-               'lesion_pixels': int(lesion_px[k]),
-               'probabilities': (None if np.isnan(cls[k]).any()
-                                 else dict(zip(self.class_names, map(float, cls[k])))),
-               'recon_mse': None if np.isnan(recon[k]) else float(recon[k])}
-              for k in range(num)]
-    return {
-        'schema_version': report.SCHEMA_VERSION, 'tool': 'mtl-jax predict',
-        'created': report.now(),
-        'input': report.input_info(study),
-        'checkpoint': {'workdir': self.workdir, 'path': os.path.abspath(self.path),
-                       'which': self.which, 'step': self.step,
-                       'tasks': list(self.tasks)},
-        'preprocessing': {
+    return report.build(
+        study, labels, cls, recon, lung_info, eligible, class_names=self.class_names,
+        multi=self.multi, ood_reference=self.meta.get('ood_reference'),
+        render_warning=render_warning,
+        checkpoint={'workdir': self.workdir, 'path': os.path.abspath(self.path),
+                    'which': self.which, 'step': self.step, 'tasks': list(self.tasks)},
+        preprocessing={
             'image_size': self.image_size, 'window_hu': list(self.window),
             'model_input_kind': self.replay.model_kind, 'rendering': rendering,
             'resize': 'square pad (0), bilinear to image_size, clip to [0, 1]; '
                       'back: bilinear on probabilities, crop, threshold',
             'slice_order': 'axial slices of the closest canonical RAS orientation, '
                            'index 0 = most inferior',
-            'tta': self.tta, 'batch_size': self.batch_size},
-        'classification': classification, 'slices': slices, 'lesion': lesion,
-        'lungs': lung_info,
-        'severity': {'scale': report.SEVERITY_SCALE, 'rule': report.SEVERITY_RULE,
-                     'grade': report.severity_grade(involvement),
-                     'involvement_percent': involvement},
-        'ood': ood, 'reference_mask': None, 'warnings': warnings}
+            'tta': self.tta, 'batch_size': self.batch_size})
 
   def _lungs(self, study, labels):
     """(lungs section, eligible-slice mask); HU inputs only."""

@@ -37,12 +37,15 @@ model without a classifier):
 from __future__ import annotations
 
 import datetime
+import math
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mtl_jax import jsonio
+from mtl_jax.data.features import SEG_CLASS_NAMES
+from mtl_jax.tasks import LESION_THRESHOLD
 
 SCHEMA_VERSION = '1.1'
 OOD_THRESHOLD_PERCENTILE = 99
@@ -177,3 +180,106 @@ def write_batch_summary(path, input_path, items, reports):
                    'severity': r['severity']['grade'],
                    'ood_flagged': (r['ood'] or {}).get('flagged')}
                   for it, r in zip(items, reports)]})
+
+
+# The study-level class: multiple-instance pooling over slices.
+AGG_FRACTION = 0.10
+AGGREGATION = ('mean of the class-probability vectors of the k eligible slices with '
+               'the highest P(covid19), k = ceil(0.10 x eligible slices) (at least '
+               '1); eligible = slices with >= 0.5% of their area in the lung mask '
+               '(every slice for 8-bit input or when none has lung); predicted '
+               'class = argmax')
+
+
+def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
+                     fraction: float = AGG_FRACTION):
+  """(study probabilities, indices used) by the top-k-COVID mean (AGGREGATION).
+
+  COVID-19 lesions occupy a minority of slices, so a plain mean over the
+  volume dilutes them, while a single max is noisy; a top-10% mean is a
+  standard multiple-instance pooling.
+  """
+  idx = np.flatnonzero(eligible)
+  if idx.size == 0:
+    idx = np.arange(len(probs))
+  k = max(1, math.ceil(fraction * idx.size))
+  top = idx[np.argsort(-probs[idx, 0], kind='stable')[:k]]
+  return probs[top].mean(axis=0), np.sort(top)
+
+
+def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, multi: bool,
+          ood_reference, render_warning, checkpoint: dict, preprocessing: dict) -> dict:
+  """report.json for one study (schema above).
+
+  labels: uint8 lesion labels in the study's canonical order, or None (no
+  segmentation task); cls (num_slices, C) and recon (num_slices,) per-slice
+  outputs, nan where a task is absent; lung_info, eligible: predict's lung
+  analysis (`_pixels_per_slice` and `_outside_ml` are consumed here).
+  """
+  num, voxel_ml = study.num_slices, study.voxel_ml
+  warnings = [f'{study.path}: {render_warning}'] if render_warning else []
+  lesion_px = (np.zeros(num, np.int64) if labels is None
+               else (labels > 0).sum(axis=(0, 1)))
+  lung_info = dict(lung_info)
+  lung_px, outside_ml = lung_info.pop('_pixels_per_slice'), lung_info.pop('_outside_ml')
+  probs = None
+  classification = None
+  if not np.isnan(cls).all():
+    probs, used = aggregate_slices(cls, eligible)
+    classification = {
+        'class_names': class_names,
+        'probabilities': dict(zip(class_names, map(float, probs))),
+        'predicted_class': class_names[int(np.argmax(probs))],
+        'aggregation': {'rule': 'top_k_covid_mean', 'description': AGGREGATION,
+                        'fraction': AGG_FRACTION, 'k': int(used.size),
+                        'eligible_slices': int(eligible.sum() or num),
+                        'slices_used': used.tolist()}}
+  ood = None
+  reference = ood_reference
+  if not np.isnan(recon).all():
+    value = float(np.nanmean(recon[eligible] if eligible.any() else recon))
+    ood = {'metric': 'mean per-slice reconstruction MSE of the eligible slices, '
+                     'as a percentile of held-out in-distribution slices',
+           'value': value,
+           'percentile': None, 'threshold_percentile': OOD_THRESHOLD_PERCENTILE,
+           'flagged': None, 'reference': None}
+    if reference and reference.get('percentiles'):
+      ood.update(ood_score(value, reference['percentiles']))
+      ood['reference'] = {k: reference.get(k)
+                          for k in ('sources', 'split', 'num_examples')}
+      if ood['flagged']:
+        warnings.append(f'{study.path}: out of distribution: reconstruction error '
+                        f'at percentile {ood["percentile"]:.1f} of held-out training-like slices '
+                        f'(above the {OOD_THRESHOLD_PERCENTILE}th); the '
+                        'input may not be a chest CT like the training data')
+    else:
+      ood['note'] = 'checkpoint has no OOD reference (ood_reference)'
+  lesion = None
+  if labels is not None:
+    lesion = {'threshold': LESION_THRESHOLD if not multi else 'argmax',
+              'voxel_volume_ml': voxel_ml,
+              'volume_ml': None if voxel_ml is None else float(lesion_px.sum() * voxel_ml),
+              'area_pixels': int(lesion_px.sum()) if study.kind == 'image' else None,
+              'by_class_ml': None, 'outside_lung_ml': outside_ml}
+    if multi and voxel_ml is not None:
+      counts = np.bincount(labels.ravel(), minlength=len(SEG_CLASS_NAMES))
+      lesion['by_class_ml'] = {n: float(counts[i] * voxel_ml)
+                               for i, n in enumerate(SEG_CLASS_NAMES) if i}
+  involvement = (lung_info.get('involvement_percent') or {}).get('total')
+  slices = [{'index': k, 'lung': bool(lung_px[k] > 0) if lung_px is not None else None,
+             'lesion_pixels': int(lesion_px[k]),
+             'probabilities': (None if np.isnan(cls[k]).any()
+                               else dict(zip(class_names, map(float, cls[k])))),
+             'recon_mse': None if np.isnan(recon[k]) else float(recon[k])}
+            for k in range(num)]
+  return {
+      'schema_version': SCHEMA_VERSION, 'tool': 'mtl-jax predict',
+      'created': now(),
+      'input': input_info(study),
+      'checkpoint': checkpoint, 'preprocessing': preprocessing,
+      'classification': classification, 'slices': slices, 'lesion': lesion,
+      'lungs': lung_info,
+      'severity': {'scale': SEVERITY_SCALE, 'rule': SEVERITY_RULE,
+                   'grade': severity_grade(involvement),
+                   'involvement_percent': involvement},
+      'ood': ood, 'reference_mask': None, 'warnings': warnings}

@@ -147,10 +147,10 @@ def test_severity_and_aggregation_rules():
                     [0.95, 0.0, 0.05]] + [[0.05, 0.9, 0.05]] * 16, np.float32)
   eligible = np.ones(20, bool)
   eligible[3] = False  # the most-COVID slice has no lung: not used
-  study, used = predict.aggregate_slices(probs, eligible)
+  study, used = report.aggregate_slices(probs, eligible)
   assert used.tolist() == [0, 2]  # k = ceil(0.1 * 19) = 2 most-COVID eligible slices
   np.testing.assert_allclose(study, probs[[0, 2]].mean(0))
-  _, used = predict.aggregate_slices(probs, np.zeros(20, bool))
+  _, used = report.aggregate_slices(probs, np.zeros(20, bool))
   assert used.tolist() == [0, 3]  # no eligible slice: every slice
 
 

@@ -34,9 +34,11 @@ def get_config(arg=None):
   config.data.sources = ml_collections.ConfigDict(SOURCES)
   config.data.eval_sources = tuple(SOURCES)
   config.data.input_kind = '8bit'
-  # Against the source shortcut: each source's brightness/contrast mapped to
-  # one reference, and MosMed/SARS/UCSD classes drawn equally often.
-  config.data.standardize = 'per_source'
+  # Against the source shortcut: each slice's brightness/contrast mapped to
+  # one reference, and MosMed/SARS/UCSD classes drawn equally often. Per
+  # image, not per source: a user's single scan has no source statistics, so
+  # only this is replayed exactly by `mtl-jax predict` (evaluate == predict).
+  config.data.standardize = 'per_image'
   config.data.balance_classes = True
   config.data.elastic_prob = 0.2
   config.data.rotate_deg = 15.0

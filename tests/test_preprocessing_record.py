@@ -88,13 +88,14 @@ def test_evaluate_and_predict_agree_on_the_same_slices(tmp_path):
 
   loaded = runtime.load(workdir)
   apply = loaded.runtime.predict_fn()
-  evaluated = {}
+  evaluated = {}  # file name -> (model input, class probabilities, lesion probability)
   for split in ('train', 'validation'):
     for batch in pipeline.eval_batches(loaded.runtime.config, split, 8, 'sars_cov2_ct'):
-      probs = np.asarray(apply(loaded.variables, batch['image'])['cls_probs'])
-      for pid, p, valid in zip(batch['patient_id'], probs, batch['valid']):
+      out = apply(loaded.variables, batch['image'])
+      for i, (pid, valid) in enumerate(zip(batch['patient_id'], batch['valid'])):
         if valid:
-          evaluated[os.path.basename(str(pid))] = p
+          evaluated[os.path.basename(str(pid))] = (
+              batch['image'][i], np.asarray(out['cls_probs'][i]), np.asarray(out['seg_prob'][i]))
   assert len(evaluated) == 8
 
   predictor = predict.Predictor(workdir, batch_size=8)
@@ -103,5 +104,14 @@ def test_evaluate_and_predict_agree_on_the_same_slices(tmp_path):
       study = volume_io.read_study(path)
       report = predictor.predict_study(study, tmp_path / 'out' / path.stem)
       predicted = np.array(list(report['slices'][0]['probabilities'].values()))
-      key = next(k for k in evaluated if path.stem in k)
-      np.testing.assert_allclose(predicted, evaluated[key], atol=2e-3, err_msg=path.name)
+      image, probs, lesion = evaluated[next(k for k in evaluated if path.stem in k)]
+      np.testing.assert_allclose(predicted, probs, atol=2e-3, err_msg=path.name)
+      # The model inputs themselves, and so the lesion probabilities, agree.
+      render, _, _ = predictor.replay.renderer(study.intensity)
+      model_input = lambda k: predictor.replay.model_input(render(study.slice(k)))
+      standardize, _ = predictor.replay.standardizer(study, model_input)
+      replayed = standardize(model_input(0)[0])
+      np.testing.assert_allclose(replayed, image, atol=1e-3, err_msg=path.name)
+      batch = np.zeros((8,) + replayed.shape, np.float32)
+      batch[0] = replayed
+      np.testing.assert_allclose(predictor.predict_batch(batch)['seg'][0], lesion, atol=2e-3)

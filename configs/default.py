@@ -76,6 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.weights = ml_collections.ConfigDict(
       {'seg': 1.0, 'recon': 1.0, 'cls': 1.0})
   config.loss.seg_ce_weight = 1.0
+  # Pseudo labels (model-made soft masks, `soft_mask`) as weak segmentation
+  # targets: their own weight (0: off), and the soft-probability band
+  # (low, high) whose pixels are too uncertain to learn from.
+  config.loss.pseudo_weight = 0.0
+  config.loss.pseudo_confidence = (0.3, 0.7)
   config.loss.uncertainty_weighting = False
 
   config.optim = ml_collections.ConfigDict()

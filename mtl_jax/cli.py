@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument('--window_hu', type=float, nargs=2, metavar=('LOW', 'HIGH'),
                      default=None, help='HU window CT volumes are rendered with '
                      '(default: the lung window -1000 400); recorded in the dataset')
+  build.add_argument('--use_pseudo_masks', action='store_true',
+                     help='covid19_ct_seg slice folders: store the model-made '
+                     'pseudo_masks/ as pseudo labels (soft_mask), never as ground truth')
 
   predict = sub.add_parser(
       'predict', help='segment, classify and grade a CT study (or a batch)',
@@ -131,7 +134,11 @@ def _run(args, overrides) -> int:
   elif args.command == 'build-data':
     kwargs = {key: value for key, value in (('manual_dir', args.manual_dir),
                                             ('skip_bad', args.skip_bad),
-                                            ('window_hu', args.window_hu)) if value}
+                                            ('window_hu', args.window_hu),
+                                            ('use_pseudo_masks', args.use_pseudo_masks))
+              if value}
+    if 'use_pseudo_masks' in kwargs and args.name != 'covid19_ct_seg':
+      raise UserError(f'--use_pseudo_masks is for covid19_ct_seg, not {args.name}')
     from tfds_builders import registry  # pylint: disable=g-import-not-at-top
     path = registry.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
     print(path)

@@ -129,6 +129,8 @@ LEGACY_DEFAULTS = {
     'data.standardize_reference': (0.5, 0.27),  # 8e2b72a
     'data.balance_classes': False,              # 8e2b72a: within-source balancing
     'data.lung_crop': False,                    # 23ceb5f: lung crop
+    'loss.pseudo_weight': 0.0,                  # pseudo-label soft masks
+    'loss.pseudo_confidence': (0.3, 0.7),
 }
 # Renamed fields: old name -> (new name, conversion of the old value).
 RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}

@@ -85,6 +85,34 @@ def pixel_cross_entropy(seg_logits, masks, weight):
   return masked_mean(jnp.mean(per_pixel, axis=(1, 2)), weight)
 
 
+def pseudo_label_loss(seg_logits, soft_mask, weight, confidence=(0.3, 0.7)):
+  """Lesion-vs-background cross-entropy plus soft Dice against a model-made mask.
+
+  Pseudo labels are weak: pixels whose soft probability lies strictly inside
+  `confidence` (low, high) are ignored, and the confident ones are
+  thresholded at 0.5 (lesion = soft >= high, background = soft <= low).
+  Multi-class models score lesion as "not background". Pooled over the
+  examples with weight > 0 (those that carry a soft mask); none gives 0.
+  """
+  low, high = confidence
+  logits = seg_logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    log_lesion = jax.nn.log_sigmoid(logits[..., 0])
+    log_background = jax.nn.log_sigmoid(-logits[..., 0])
+  else:
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    log_background = log_p[..., 0]
+    log_lesion = jax.scipy.special.logsumexp(log_p[..., 1:], axis=-1)
+  target = (soft_mask >= high).astype(jnp.float32)
+  pixels = ((soft_mask <= low) | (soft_mask >= high)).astype(jnp.float32)
+  pixels = pixels * (weight > 0).astype(jnp.float32)[:, None, None]
+  per_pixel = -(target * log_lesion + (1.0 - target) * log_background)
+  ce = jnp.sum(per_pixel * pixels) / jnp.maximum(jnp.sum(pixels), 1.0)
+  prob = jnp.exp(log_lesion) * pixels
+  dice = (2.0 * jnp.sum(prob * target) + 1.0) / (jnp.sum(prob + target * pixels) + 1.0)
+  return jnp.where(jnp.sum(pixels) > 0, ce + 1.0 - dice, 0.0)
+
+
 def set_cross_entropy(cls_logits, label_set, weight):
   """Cross-entropy against a *set* of allowed classes: -log sum_{c in set} p_c.
 

@@ -76,6 +76,9 @@ class SegmentationTask(Task):
     super().__init__(config)
     self.num_seg_classes = config.model.num_seg_classes
     self.ce_weight = config.loss.seg_ce_weight
+    # Weak targets: model-made soft masks (`soft_mask`), their own weight.
+    self.pseudo_weight = float(config.loss.pseudo_weight)
+    self.pseudo_confidence = tuple(config.loss.pseudo_confidence)
 
   def head(self, model, bottom, skips, train):
     decoder = models.Decoder(model.widths, self.num_seg_classes, True, model.norm,
@@ -91,6 +94,12 @@ class SegmentationTask(Task):
       terms['seg_ce'] = losses.pixel_cross_entropy(outputs['seg_logits'],
                                                    batch['mask'], weight)
       total = total + self.ce_weight * terms['seg_ce']
+    if self.pseudo_weight:
+      terms['pseudo_loss'] = losses.pseudo_label_loss(
+          outputs['seg_logits'], batch['soft_mask'],
+          batch['has_soft_mask'] * batch['valid'] * (1.0 - batch['has_mask']),
+          self.pseudo_confidence)
+      total = total + self.pseudo_weight * terms['pseudo_loss']
     return total, terms
 
   def predict(self, outputs):

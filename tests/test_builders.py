@@ -206,9 +206,24 @@ def test_covid19_ct_seg_slices_pseudo_masks_opt_in(tmp_path):
   _no_patient_in_two_splits(plain)
   assert all(e['has_mask'] == 0 and e['label'] == 0 for v in plain.values() for e in v)
   assert _metadata(path)['source'] == 'covid19_ct_seg'
+  assert all(e['has_soft_mask'] == 0 for v in plain.values() for e in v)
   pseudo, path = _build('covid19_ct_seg', tmp_path, root, tag='pseudo', use_pseudo_masks=True)
-  assert all(e['has_mask'] == 1 for v in pseudo.values() for e in v)
+  # Pseudo labels are a feature of their own: never a ground-truth mask.
+  assert all(e['has_mask'] == 0 and e['has_soft_mask'] == 1 for v in pseudo.values() for e in v)
+  assert all(e['mask'].max() == 0 and 0 < e['soft_mask'].max() <= 1
+             for v in pseudo.values() for e in v)
   assert _metadata(path)['source'] == 'covid19_ct_seg_pseudo'
+  # A missing, an extra and a mis-sized pseudo mask: one error listing all three.
+  os.remove(f'{root}/pseudo_masks/Data-1_case_org_000_1.png')
+  _save(f'{root}/pseudo_masks/Data-1_case_org_009_1.png', np.zeros((40, 56)))
+  _save(f'{root}/pseudo_masks/Data-1_case_org_001_2.png', np.zeros((10, 10)))
+  with pytest.raises(BadInputError) as error:
+    _build('covid19_ct_seg', tmp_path, root, tag='bad', use_pseudo_masks=True)
+  _, lines = _bad_lines(error)
+  for name, reason in (('images/Data-1_case_org_000_1.jpg', 'no pseudo mask'),
+                       ('pseudo_masks/Data-1_case_org_009_1.png', 'mask without its image'),
+                       ('pseudo_masks/Data-1_case_org_001_2.png', 'does not match')):
+    assert any(name in line and reason in line for line in lines), (name, lines)
 
 
 def _ucsd(root, test_list=True):

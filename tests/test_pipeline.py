@@ -23,7 +23,9 @@ class _FakeSource:
             'has_mask': np.float32(self.tag == 0),
             'label': np.int32(self.tag), 'label_set': np.eye(3, dtype=np.float32)[self.tag],
             'has_label': np.float32(1), 'patient_id': f'{self.tag}-{i}',
-            'source': f'src{self.tag}', 'spacing': np.zeros(2, np.float32)}
+            'source': f'src{self.tag}', 'spacing': np.zeros(2, np.float32),
+            'soft_mask': np.zeros((self.size, self.size), np.float32),
+            'has_soft_mask': np.float32(0)}
 
 
 def _config(sources, batch=8, augment_on=False):

@@ -203,7 +203,8 @@ def test_builder_roundtrip_through_load_split(tmp_path):
                       key=lambda e: (e['patient_id'], e['image'].tobytes()))
     for g, e in zip(got, expected):
       assert set(g) == set(e) == {'image', 'mask', 'has_mask', 'label', 'label_set',
-                                  'has_label', 'patient_id', 'source', 'spacing'}
+                                  'has_label', 'patient_id', 'source', 'spacing',
+                                  'soft_mask', 'has_soft_mask'}
       for key in g:
         np.testing.assert_array_equal(g[key], e[key], err_msg=key)
     example = got[0]

@@ -63,6 +63,7 @@ class Loaded(NamedTuple):
   spacing: np.ndarray | None  # (row, col) mm, volumes only
   slices: list  # the slice indices to write
   intensity: str  # 'hu' or '8bit'
+  soft: np.ndarray | None = None  # (slices, H, W) float32 pseudo-label probabilities
 
 
 def fraction_counts(n: int, fractions: dict) -> dict:
@@ -145,7 +146,7 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = size_configs()
   DEFAULT_FOLDER: str | None = None  # under ../shared/data when manual_dir is None
   MANUAL_DOWNLOAD_INSTRUCTIONS = ''  # the expected layout, shown in errors
-  MASK_SOFT = False  # 2-D masks are model probabilities: threshold at 128
+  MASK_SOFT = False  # 2-D masks are model probabilities: `soft_mask`, not `mask`
   VOLUME_MASK_MAP: object = 'labels'  # readers.map_labels mapping
   SPLIT_FRACTIONS = {'validation': 0.2}
   SPLIT_BY = 'patient'  # 'patient' (seeded permutation) or 'hash' (of unit key)
@@ -296,10 +297,13 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
       img = preprocess.scale_8bit(readers.read_image(image))[None]
       masks = None
       if mask is not None:
-        masks = readers.read_mask(mask, soft=self.MASK_SOFT)[None]
+        read = readers.read_soft_mask if self.MASK_SOFT else readers.read_mask
+        masks = read(mask)[None]
         if masks.shape != img.shape:
           raise BadInputError(f'mask size {masks.shape[1:]} does not match image '
                               f'{img.shape[1:]} ({image.name})', mask)
+      if self.MASK_SOFT:
+        return Loaded(img, None, None, [0], '8bit', soft=masks)
       return Loaded(img, masks, None, [0], '8bit')
     volume, spacing, affine = readers.read_volume(image)
     kind = readers.intensity_kind(volume, image)
@@ -330,10 +334,13 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
       image = preprocess.square_pad(loaded.images[k])
       side = image.shape[0]
       image = np.clip(preprocess.resize_image(image, size), 0.0, 1.0)
-      mask = None
+      mask = soft = None
       if loaded.masks is not None:
         mask = preprocess.resize_mask(preprocess.square_pad(loaded.masks[k]), size)
+      if loaded.soft is not None:  # a pseudo label: probabilities, resized bilinearly
+        soft = np.clip(preprocess.resize_image(preprocess.square_pad(loaded.soft[k]),
+                                               size), 0.0, 1.0)
       spacing = None if loaded.spacing is None else loaded.spacing * side / size
       yield f'{unit.key}#{k}', features.make_example(
           image, mask, unit.label, unit.label_set, patient_id=unit.patient_id,
-          source=self.name, spacing=spacing)
+          source=self.name, spacing=spacing, soft_mask=soft)

@@ -1,8 +1,8 @@
 """Training augmentations, applied identically to image and mask.
 
 Geometry (flip, small rotation and scale, optional elastic deformation) moves
-image and mask together: image with linear interpolation, mask with nearest
-neighbour so labels stay labels. Intensity and contrast jitter touch the image
+image, mask and pseudo-label soft mask together: image and soft mask with
+linear interpolation, mask with nearest neighbour so labels stay labels. Intensity and contrast jitter touch the image
 only. Each example's randomness comes from a generator seeded by its stream
 index, so augmentation is reproducible and survives a resume.
 """
@@ -34,12 +34,14 @@ class Augmenter:
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     image, mask = example['image'], example['mask']
+    soft = example.get('soft_mask')
     if rng.random() < self.flip_prob:
       image, mask = image[:, ::-1], mask[:, ::-1]
+      soft = None if soft is None else soft[:, ::-1]
     if self.rotate_deg > 0 or self.scale_range != (1.0, 1.0):
-      image, mask = self._affine(image, mask, rng)
+      image, mask, soft = self._affine(image, mask, soft, rng)
     if self.elastic_prob > 0 and rng.random() < self.elastic_prob:
-      image, mask = self._elastic(image, mask, rng)
+      image, mask, soft = self._elastic(image, mask, soft, rng)
     if self.intensity_shift > 0 or self.contrast_range != (1.0, 1.0):
       mean = image.mean()
       contrast = rng.uniform(*self.contrast_range)
@@ -48,9 +50,11 @@ class Augmenter:
     out = dict(example)
     out['image'] = np.ascontiguousarray(image, dtype=np.float32)
     out['mask'] = np.ascontiguousarray(mask, dtype=example['mask'].dtype)
+    if soft is not None:
+      out['soft_mask'] = np.ascontiguousarray(np.clip(soft, 0.0, 1.0), dtype=np.float32)
     return out
 
-  def _affine(self, image, mask, rng):
+  def _affine(self, image, mask, soft, rng):
     angle = np.deg2rad(rng.uniform(-self.rotate_deg, self.rotate_deg))
     scale = rng.uniform(*self.scale_range)
     cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
@@ -62,9 +66,12 @@ class Augmenter:
                                      mode='constant', cval=float(image.min()))
     mask = ndimage.affine_transform(mask, matrix, offset, order=0,
                                     mode='constant', cval=0)
-    return image, mask
+    if soft is not None:
+      soft = ndimage.affine_transform(soft, matrix, offset, order=1,
+                                      mode='constant', cval=0.0)
+    return image, mask, soft
 
-  def _elastic(self, image, mask, rng):
+  def _elastic(self, image, mask, soft, rng):
     shape = image.shape
     dy, dx = (ndimage.gaussian_filter(rng.uniform(-1, 1, shape),
                                       self.elastic_sigma) * self.elastic_alpha
@@ -73,4 +80,6 @@ class Augmenter:
     coords = np.stack([yy + dy, xx + dx])
     image = ndimage.map_coordinates(image, coords, order=1, mode='nearest')
     mask = ndimage.map_coordinates(mask, coords, order=0, mode='nearest')
-    return image, mask
+    if soft is not None:
+      soft = ndimage.map_coordinates(soft, coords, order=1, mode='nearest')
+    return image, mask, soft

@@ -4,6 +4,10 @@ Datasets differ in which labels they carry; the spec does not. Missing
 labels are explicit (`has_mask`, `has_label`) rather than absent, so one
 batch can mix datasets and the losses mask per example. A label may be a
 *set* (`label_set`): UCSD "non-COVID" is {normal, other} without saying which.
+A model-made lesion mask (a pseudo label) is a feature of its own,
+`soft_mask` with `has_soft_mask`: only its own loss term reads it, and no
+metric ever counts it as ground truth. Datasets built before it existed
+decode with an empty one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def features_dict(image_size: int) -> tfds.features.FeaturesDict:
       'patient_id': tfds.features.Text(),
       'source': tfds.features.Text(),
       'spacing': tfds.features.Tensor(shape=(2,), dtype=np.float32),
+      # Pseudo label: a model's lesion probability x 255 (not ground truth).
+      'soft_mask': tfds.features.Tensor(shape=s, dtype=np.uint8, encoding='zlib'),
+      'has_soft_mask': tfds.features.Tensor(shape=(), dtype=np.bool_),
   })
 
 
@@ -42,7 +49,7 @@ def decode_image(stored: np.ndarray) -> np.ndarray:
 
 
 def make_example(image01, mask=None, label=None, label_set=None, *,
-                 patient_id: str, source: str, spacing=None) -> dict:
+                 patient_id: str, source: str, spacing=None, soft_mask=None) -> dict:
   """A validated record in the shared spec.
 
   `image01` is a square float image in [0, 1] (already windowed/resized);
@@ -53,6 +60,8 @@ def make_example(image01, mask=None, label=None, label_set=None, *,
   at most one; neither means unlabelled (label -1, has_label False). An exact
   label is stored as a one-hot `label_set`, and a one-element set as an exact
   label. `spacing` is the pixel size in mm (None: unknown, stored as 0, 0).
+  `soft_mask` is a model-made lesion probability in [0, 1] of the image's
+  shape (a pseudo label; None: none).
   Raises ValueError on anything inconsistent.
   """
   image01 = np.asarray(image01, np.float32)
@@ -70,6 +79,12 @@ def make_example(image01, mask=None, label=None, label_set=None, *,
     if bad:
       raise ValueError(f'{patient_id}: mask has unexpected label values {bad}; '
                        f'expected 0..{len(SEG_CLASS_NAMES) - 1}')
+  if soft_mask is not None:
+    soft_mask = np.asarray(soft_mask, np.float32)
+    if soft_mask.shape != image01.shape or not np.all(np.isfinite(soft_mask)) or (
+        soft_mask.size and (soft_mask.min() < 0 or soft_mask.max() > 1)):
+      raise ValueError(f'{patient_id}: soft_mask must be finite, in [0, 1] and of the '
+                       f'image shape {image01.shape}, got shape {soft_mask.shape}')
   if label is not None and label_set is not None:
     raise ValueError(f'{patient_id}: give label or label_set, not both')
   multi_hot = np.zeros(len(CLASS_NAMES), np.uint8)
@@ -106,6 +121,9 @@ def make_example(image01, mask=None, label=None, label_set=None, *,
       'patient_id': str(patient_id),
       'source': str(source),
       'spacing': np.zeros(2, np.float32) if spacing is None else spacing,
+      'soft_mask': (np.zeros(image01.shape, np.uint8) if soft_mask is None
+                    else np.round(soft_mask * 255.0).astype(np.uint8)),
+      'has_soft_mask': soft_mask is not None,
   }
 
 
@@ -125,4 +143,7 @@ def decode_example(raw: dict) -> dict:
       'patient_id': _text(raw['patient_id']),
       'source': _text(raw['source']),
       'spacing': np.asarray(raw['spacing'], np.float32),
+      'soft_mask': (np.asarray(raw['soft_mask'], np.float32) / 255.0 if 'soft_mask' in raw
+                    else np.zeros(np.shape(raw['image']), np.float32)),
+      'has_soft_mask': np.float32(raw.get('has_soft_mask', False)),
   }

@@ -23,7 +23,8 @@ from mtl_jax.data import datasets, preprocess
 from mtl_jax.errors import ConfigError
 
 # Keys the train step consumes; strings stay on the host.
-NUMERIC_KEYS = ('image', 'mask', 'has_mask', 'label', 'label_set', 'has_label')
+NUMERIC_KEYS = ('image', 'mask', 'has_mask', 'label', 'label_set', 'has_label',
+                'soft_mask', 'has_soft_mask')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -254,12 +254,20 @@ def read_image(path) -> np.ndarray:
   return np.asarray(image.convert('RGB').convert('L'), np.float32)
 
 
-def read_mask(path, soft: bool = False) -> np.ndarray:
+def read_soft_mask(path) -> np.ndarray:
+  """A model-made lesion probability mask (grayscale 0..255) as float32 in [0, 1]."""
+  image = _open_image(path)
+  if image.mode not in ('L', '1'):
+    raise BadInputError(f'soft mask has mode {image.mode} (expected a grayscale '
+                        'PNG of lesion probabilities 0..255)', path)
+  return np.asarray(image.convert('L'), np.float32) / 255.0
+
+
+def read_mask(path) -> np.ndarray:
   """A PNG lesion mask as uint8 labels 0 bg / 1 GGO / 2 consolidation.
 
   Palette PNG -> its indices; grayscale {0,255} (binary lesion) -> {0,1};
-  grayscale already in {0,1,2} -> as is. `soft` (model-made 0..255
-  probabilities) thresholds at 128 -> {0,1}.
+  grayscale already in {0,1,2} -> as is.
   """
   image = _open_image(path)
   if image.mode == 'P':
@@ -268,8 +276,6 @@ def read_mask(path, soft: bool = False) -> np.ndarray:
     raise BadInputError(f'mask has mode {image.mode} (expected a palette or '
                         'grayscale PNG)', path)
   values = np.asarray(image.convert('L'))
-  if soft:
-    return (values >= 128).astype(np.uint8)
   present = set(np.unique(values).tolist())
   if present <= {0, 255}:
     return (values > 0).astype(np.uint8)

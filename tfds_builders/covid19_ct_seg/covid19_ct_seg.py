@@ -9,9 +9,12 @@
     as 0..255 and are scaled as 8-bit (recorded per volume in the metadata).
 (b) Slice folder images/<volume>_<slice>.jpg (+ pseudo_masks/<same>.png): the
     masks are made by a model (Inf-Net), not ground truth, so by default they
-    are left out (has_mask False: images serve reconstruction and the COVID
-    label). `use_pseudo_masks=True` writes them (soft 0..255 thresholded at
-    128 -> 1) and the metadata's source becomes "covid19_ct_seg_pseudo".
+    are left out (images serve reconstruction and the COVID label).
+    `use_pseudo_masks=True` (`build-data covid19_ct_seg --use_pseudo_masks`)
+    stores them as pseudo labels: the soft 0..255 probabilities in the
+    `soft_mask` feature, has_mask still False, so no metric counts them; the
+    metadata's source becomes "covid19_ct_seg_pseudo". Every image needs its
+    mask and every mask its image.
 Both: split by volume, a seeded permutation sends 20% (4 of 20) to validation.
 """
 
@@ -104,4 +107,6 @@ class Covid19CtSeg(common.SliceFolderBuilder):
           continue
       units.append(common.Unit(key=f'images/{f.name}', patient_id=match.group(1),
                                image=f, mask=mask, label=common.COVID))
+    if self._use_pseudo:
+      readers.masks_without_images(masks, root / 'images', bad)
     return units

@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from mtl_jax import config_loader
 from mtl_jax.errors import CheckpointError, ConfigError
 
 LATEST_DIR = 'checkpoints'
@@ -316,20 +317,11 @@ def abstract_with_shardings(abstract_state, sharding):
       abstract_state)
 
 
-def _get(config_dict: dict, dotted: str):
-  node = config_dict
-  for part in dotted.split('.'):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
 def check_compatible(saved_config: dict, config_dict: dict, workdir: str):
   """Refuse to resume a checkpoint that another architecture wrote."""
   diffs = []
   for key in ARCHITECTURE_KEYS:
-    old, new = _get(saved_config, key), _get(config_dict, key)
+    old, new = config_loader.lookup(saved_config, key), config_loader.lookup(config_dict, key)
     if json.dumps(old, sort_keys=True, default=list) != json.dumps(
         new, sort_keys=True, default=list):
       diffs.append(f'{key}: checkpoint has {old}, config has {new}')

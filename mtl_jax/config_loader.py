@@ -136,13 +136,22 @@ LEGACY_DEFAULTS = {
 RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}
 
 
-def _has(data: dict, dotted: str) -> bool:
+_MISSING = object()
+
+
+def lookup(data: dict, dotted: str, default=None):
+  """data['a']['b'] for 'a.b' in a config as a plain dict; `default` where a
+  part is missing."""
   node = data
   for part in dotted.split('.'):
     if not isinstance(node, dict) or part not in node:
-      return False
+      return default
     node = node[part]
-  return True
+  return node
+
+
+def _has(data: dict, dotted: str) -> bool:
+  return lookup(data, dotted, _MISSING) is not _MISSING
 
 
 def _pop(data: dict, dotted: str):

@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Fine-tune: start a fresh run from another run's weights wherever it has
+  # them (e.g. a pre-trained encoder); '' starts from scratch. Ignored on resume.
+  config.init_from = ''
 
   config.data = ml_collections.ConfigDict()
   config.data.data_dir = os.environ.get('MTL_DATA_DIR', 'data')

@@ -131,6 +131,7 @@ LEGACY_DEFAULTS = {
     'data.lung_crop': False,                    # 23ceb5f: lung crop
     'loss.pseudo_weight': 0.0,                  # pseudo-label soft masks
     'loss.pseudo_confidence': (0.3, 0.7),
+    'init_from': '',                            # fine-tuning from another run
 }
 # Renamed fields: old name -> (new name, conversion of the old value).
 RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}

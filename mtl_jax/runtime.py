@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from mtl_jax import checkpointing, config_loader, models, parallel
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.data import preprocess
-from mtl_jax.errors import ConfigError
+from mtl_jax.errors import CheckpointError, ConfigError
 
 
 class Runtime:
@@ -129,6 +129,39 @@ def checkpoint_meta(config, step: int, source_stats: dict, built: dict | None = 
           'preprocessing': preprocess.settings_from_config(config, source_stats, built),
           'tasks': list(tasks_lib.enabled_tasks(config)),
           'data_iterator': {'step': int(step), 'sources': dict(config.data.sources)}}
+
+
+def transfer(target: dict, source: dict, where: str) -> tuple[dict, list, list]:
+  """(target with every parameter the source also has copied in, loaded
+  paths, paths left as initialised).
+
+  For fine-tuning from another run (`config.init_from`): a pre-trained
+  encoder and reconstruction decoder into a three-task model, say. Shapes
+  must agree wherever both have a parameter, and something must match:
+  another architecture is a one-line CheckpointError naming what differs,
+  never a silent partial load.
+  """
+  flat_source = dict(jax.tree_util.tree_flatten_with_path(source)[0])
+  loaded, fresh, mismatched = [], [], []
+
+  def pick(path, leaf):
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
+    if path not in flat_source:
+      fresh.append(name)
+      return leaf
+    if flat_source[path].shape != leaf.shape:
+      mismatched.append(f'{name} {tuple(flat_source[path].shape)} vs {tuple(leaf.shape)}')
+      return leaf
+    loaded.append(name)
+    return jnp.asarray(flat_source[path], leaf.dtype)
+
+  merged = jax.tree_util.tree_map_with_path(pick, target)
+  if mismatched:
+    raise CheckpointError(f'{where}: another architecture ({len(mismatched)} parameters '
+                          f'differ in shape, e.g. {"; ".join(mismatched[:3])})')
+  if not loaded:
+    raise CheckpointError(f'{where}: no parameter matches this model')
+  return merged, loaded, fresh
 
 
 @dataclasses.dataclass

@@ -116,6 +116,26 @@ def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
+def _init_from(state, workdir: str, trainer):
+  """A fresh state whose parameters and BatchNorm statistics come from
+  another run's checkpoint wherever that run has them (`runtime.transfer`);
+  the optimizer starts afresh. Logs what was loaded and what was not."""
+  source = runtime_lib.load(workdir, 'best')
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  merged, loaded, fresh = runtime_lib.transfer(variables, source.variables,
+                                               f'init_from={workdir}')
+  logging.info('init_from %s (%s, step %d): loaded %d parameters (%s); initialised %d '
+               '(%s)', workdir, source.which, source.step, len(loaded),
+               _modules(loaded), len(fresh), _modules(fresh) or 'none')
+  merged = jax.device_put(merged, trainer.runtime.replicated)
+  return dict(state, params=merged['params'], batch_stats=merged['batch_stats'])
+
+
+def _modules(paths) -> str:
+  """'encoder, recon_decoder' for parameter paths like 'params/encoder/...'."""
+  return ', '.join(sorted({p.split('/')[1] for p in paths if '/' in p}))
+
+
 def _flush_metrics(pending, writer, timing):
   """Fetch pending step metrics, fail on NaN, write their means."""
   if not pending:
@@ -161,6 +181,8 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
                      'when the replay reaches step %d', best, best)
     else:
       state = trainer.init(jax.random.key(config.seed))
+      if config.init_from:
+        state = _init_from(state, config.init_from, trainer)
       if lead:
         print(trainer.runtime.summary())
   except BaseException:

@@ -180,8 +180,11 @@ def test_saved_config_is_never_completed_from_todays_defaults():
   saved = json.loads(config_loader.to_json(default.get_config('tiny')))
   saved['data']['eval_source'] = saved['data'].pop('eval_sources')[0]
   for key in config_loader.LEGACY_DEFAULTS:
-    section, field = key.split('.')
-    del saved[section][field]
+    *sections, field = key.split('.')
+    node = saved
+    for section in sections:
+      node = node[section]
+    del node[field]
   config = config_loader.from_dict(saved)
   assert tuple(config.data.eval_sources) == ('synthetic_ct',)
   assert config.data.input_kind == 'hu' and config.data.lung_crop is False

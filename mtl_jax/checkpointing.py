@@ -44,7 +44,7 @@ def selection_value(results: dict, best_metric: str) -> float | None:
     for key in name.strip().split('/'):
       if not isinstance(value, dict) or key not in value:
         raise ConfigError(f'train.best_metric={best_metric!r}: the validation results have '
-                         f'no {name.strip()!r}')
+                          f'no {name.strip()!r}')
       value = value[key]
     if value is None or not math.isfinite(float(value)):
       return None

@@ -41,7 +41,7 @@ def check_batch_size(global_batch_size: int, what: str = 'train.global_batch_siz
   n = jax.device_count() if num_devices is None else num_devices
   if global_batch_size % n:
     raise ConfigError(f'{what}={global_batch_size} is not divisible by the '
-                     f'{n} devices; use a multiple of {n}')
+                      f'{n} devices; use a multiple of {n}')
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

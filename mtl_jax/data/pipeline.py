@@ -121,7 +121,7 @@ def make_standardizer(config, stats: dict | None = None) -> Callable | None:
   mode, reference = config.data.standardize, tuple(config.data.standardize_reference)
   if mode not in preprocess.STANDARDIZE_MODES:
     raise ConfigError(f'config.data.standardize={mode!r}; valid modes: '
-                     f'{", ".join(preprocess.STANDARDIZE_MODES)}')
+                      f'{", ".join(preprocess.STANDARDIZE_MODES)}')
   if mode == 'none':
     return None
   if mode == 'per_image':
@@ -166,11 +166,11 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
   weights = [float(config.data.sources[name]) for name in names]
   if not names or min(weights) <= 0:
     raise ConfigError('config.data.sources must map at least one dataset name '
-                     f'to a positive weight, got {dict(config.data.sources)}')
+                      f'to a positive weight, got {dict(config.data.sources)}')
   global_batch = config.train.global_batch_size
   if global_batch % shard.count:
     raise ConfigError(f'train.global_batch_size={global_batch} is not divisible '
-                     f'by the number of processes ({shard.count})')
+                      f'by the number of processes ({shard.count})')
   standardizer = make_standardizer(config, stats)
   streams, stream_weights = [], []
   for i, (name, weight) in enumerate(zip(names, weights)):

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -58,8 +59,7 @@ def _manager(directory, options):
 
 # A finished checkpoint step folder holds all of these; orbax writes a step in
 # `N.orbax-checkpoint-tmp` and renames it into place only when it is complete.
-COMPLETE_MARKERS = ('commit_success.txt', 'state/commit_success.txt',
-                    'state/_METADATA', 'meta/metadata')
+COMPLETE_MARKERS = ('state/_METADATA', 'meta/metadata')
 # A checkpoint being removed is first renamed to this prefix + step (atomic),
 # then deleted: a kill mid-removal leaves a folder orbax never lists.
 DISCARD_PREFIX = '.discard-'
@@ -72,10 +72,11 @@ def is_complete(step_dir: str) -> bool:
 def sweep(directory: str) -> list[str]:
   """Remove what a killed run left in a checkpoint folder; return one log line each.
 
-  Unfinished saves (`N.orbax-checkpoint-tmp*`), half-removed checkpoints
-  (`.discard-N`) and step folders missing a file that every finished
-  checkpoint has (from a removal killed midway before the rename above
-  existed) are deleted. Finished checkpoints are never touched.
+  Unfinished saves (`N.orbax-checkpoint-tmp*`) and half-removed checkpoints
+  (`.discard-N`) are deleted. A step folder missing a file that finished
+  checkpoints have (a removal killed midway before the rename above existed,
+  or a checkpoint of an orbax that writes other files) is only moved aside
+  to `.incomplete-N`, never deleted, so that a replay can save step N again.
   """
   if not os.path.isdir(directory):
     return []
@@ -89,7 +90,11 @@ def sweep(directory: str) -> list[str]:
     elif name.startswith(DISCARD_PREFIX):
       why = 'a checkpoint that was being removed'
     elif name.isdigit() and not is_complete(path):
-      why = 'an incomplete checkpoint (files missing)'
+      aside = os.path.join(directory, f'.incomplete-{name}-{time.time_ns()}')
+      os.rename(path, aside)
+      lines.append(f'{directory}: moved {name} aside to {os.path.basename(aside)}: '
+                   'files missing (not a finished checkpoint); delete it if not needed')
+      continue
     else:
       continue
     shutil.rmtree(path, ignore_errors=True)
@@ -117,7 +122,9 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3, best_metric: str = 'dice',
                read_only: bool = False):
-    self.best_metric, self.keep, self.read_only = best_metric, max(1, int(keep)), read_only
+    if int(keep) < 1:
+      raise ConfigError(f'train.keep_checkpoints={keep}: keep at least 1')
+    self.best_metric, self.keep, self.read_only = best_metric, int(keep), read_only
     self.dirs = {which: os.path.abspath(os.path.join(workdir, sub))
                  for which, sub in (('latest', LATEST_DIR), ('best', BEST_DIR))}
     if not read_only:
@@ -163,7 +170,7 @@ class Checkpointer:
     """The recorded selection value of best checkpoint `step` (default: the kept one)."""
     step = self.best_step() if step is None else step
     return None if step is None else recorded_value(
-        os.path.join(self.dirs['best'], str(step)))
+        os.path.join(self.dirs['best'], str(step)), self.best_metric)
 
   def best_step(self) -> int | None:
     return select_step(os.path.dirname(self.dirs['best']), 'best')
@@ -248,17 +255,24 @@ def finished_steps(directory: str) -> list[int]:
                 if d.isdigit() and is_complete(os.path.join(directory, d)))
 
 
-def recorded_value(step_dir: str) -> float | None:
+def recorded_value(step_dir: str, best_metric: str | None = None) -> float | None:
   """The selection value a best checkpoint was saved with (`meta['selection']`;
-  checkpoints written before it existed keep it in orbax's `metrics` item)."""
+  checkpoints written before it existed keep it in orbax's `metrics` item).
+
+  With `best_metric`, a value recorded for another metric is unknown (None):
+  a run resumed with another `train.best_metric` never compares the two.
+  """
   try:
-    value = read_json(os.path.join(step_dir, 'meta', 'metadata')).get(
-        'selection', {}).get('value')
-    if value is None and os.path.exists(os.path.join(step_dir, 'metrics', 'metrics')):
-      values = list(read_json(os.path.join(step_dir, 'metrics', 'metrics')).values())
-      value = values[0] if len(values) == 1 else None
+    selection = read_json(os.path.join(step_dir, 'meta', 'metadata')).get('selection', {})
+    recorded = {selection.get('best_metric'): selection.get('value')} if selection else {}
+    if not recorded and os.path.exists(os.path.join(step_dir, 'metrics', 'metrics')):
+      recorded = read_json(os.path.join(step_dir, 'metrics', 'metrics'))
   except (OSError, ValueError):
     return None
+  if best_metric is not None:
+    value = recorded.get(best_metric)
+  else:
+    value = next(iter(recorded.values())) if len(recorded) == 1 else None
   return None if value is None else float(value)
 
 

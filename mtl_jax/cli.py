@@ -119,6 +119,9 @@ def _run(args, overrides) -> int:
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
   from mtl_jax import config_loader, demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
+  if overrides and args.command in ('predict', 'build-data'):
+    raise UserError(f'{args.command} takes no --config.KEY=VALUE overrides (got '
+                    f'{overrides[0]}); see mtl-jax {args.command} --help')
   if args.command in ('train', 'evaluate'):
     from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -137,6 +140,9 @@ def _run(args, overrides) -> int:
                                             ('window_hu', args.window_hu),
                                             ('use_pseudo_masks', args.use_pseudo_masks))
               if value}
+    if args.window_hu and not args.window_hu[0] < args.window_hu[1]:
+      raise UserError(f'--window_hu {args.window_hu[0]:g} {args.window_hu[1]:g}: LOW must '
+                      'be below HIGH (the lung window is -1000 400)')
     if 'use_pseudo_masks' in kwargs and args.name != 'covid19_ct_seg':
       raise UserError(f'--use_pseudo_masks is for covid19_ct_seg, not {args.name}')
     from tfds_builders import registry  # pylint: disable=g-import-not-at-top

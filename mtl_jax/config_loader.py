@@ -83,8 +83,8 @@ def _parse_value(text: str, current):
     if isinstance(current, bool) and text.lower() in ('true', 'false'):
       return text.lower() == 'true'
     raise ConfigError(f'cannot parse {text!r} as a value like {current!r}') from None
-  if isinstance(current, tuple) and isinstance(value, list):
-    value = tuple(value)
+  if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+    value = type(current)(value)  # a saved config holds lists where presets hold tuples
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if current is not None and not isinstance(value, type(current)):
@@ -189,7 +189,8 @@ def from_dict(data: dict, where: str = 'saved config') -> ml_collections.ConfigD
     if not _has(data, key):
       _put(data, key, value)
       filled.append(key)
-  missing = [key for key in _all_keys(load_config(DEFAULT_CONFIG))
+  from configs import default  # pylint: disable=g-import-not-at-top  (the packaged schema)
+  missing = [key for key in _all_keys(default.get_config())
              if not _has(data, key) and not _is_open_dict(key)]
   if missing:
     raise ConfigError(f'{where} lacks {", ".join(missing)}, which this mtl-jax needs and '

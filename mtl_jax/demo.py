@@ -6,12 +6,12 @@ import logging
 import time
 
 from mtl_jax import config_loader, evaluation, metrics_summary, train
-from tfds_builders import registry
 
 def run_demo(workdir: str, config_spec: str = 'configs/default.py:demo',
              overrides: list[str] | None = None) -> dict:
   """Build the synthetic dataset if missing, train, restore the best, evaluate."""
   start = time.time()
+  from tfds_builders import registry  # pylint: disable=g-import-not-at-top  (builds only)
   config = config_loader.load_config(config_spec, overrides)
   for name in config.data.sources:
     registry.build_dataset(name, config.data.data_dir, config.data.image_size)

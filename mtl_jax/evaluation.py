@@ -124,7 +124,8 @@ def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best
   results['checkpoint'] = os.path.abspath(loaded.path)
   results['step'] = loaded.step
   if jax.process_index() == 0:
-    out = os.path.join(workdir, f'eval_{split}{"_latest" if which == "latest" else ""}.json')
+    out = os.path.join(workdir, f'eval_{split}{"_latest" if loaded.which == "latest" else ""}'
+                       '.json')
     jsonio.write_json(out, results, sort_keys=True)
     logging.info('wrote %s', out)
   return results

@@ -1,6 +1,6 @@
 """A console for people, a log file for libraries.
 
-The console (stderr) shows mtl-jax's own messages, the metric lines (clu's
+The console (stderr) shows mtl-jax's own messages (builders' too), the metric lines (clu's
 logging writer) and any library ERROR. Everything else at INFO and above —
 orbax's dozens of lines per save and close, absl warnings, TFDS chatter —
 goes only to `WORKDIR/mtl-jax.log` when a command has a workdir. The log
@@ -14,6 +14,8 @@ import logging
 import os
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_BUILDERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         'tfds_builders') + os.sep
 # clu's LoggingWriter prints the metric lines through absl; absl reports the
 # caller's file, so the record's pathname is the writer's.
 _CONSOLE_LIBRARY_FILES = (f'clu{os.sep}metric_writers{os.sep}logging_writer.py',)
@@ -24,7 +26,7 @@ _FORMAT = '%(asctime)s %(message)s'
 class _ForPeople(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     path = record.pathname or ''
-    return (record.levelno >= logging.ERROR or path.startswith(_PACKAGE)
+    return (record.levelno >= logging.ERROR or path.startswith((_PACKAGE, _BUILDERS))
             or path.endswith(_CONSOLE_LIBRARY_FILES))
 
 

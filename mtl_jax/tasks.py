@@ -78,7 +78,11 @@ class SegmentationTask(Task):
     self.ce_weight = config.loss.seg_ce_weight
     # Weak targets: model-made soft masks (`soft_mask`), their own weight.
     self.pseudo_weight = float(config.loss.pseudo_weight)
-    self.pseudo_confidence = tuple(config.loss.pseudo_confidence)
+    self.pseudo_confidence = tuple(float(v) for v in config.loss.pseudo_confidence)
+    if len(self.pseudo_confidence) != 2 or not (
+        0.0 <= self.pseudo_confidence[0] <= self.pseudo_confidence[1] <= 1.0):
+      raise ConfigError(f'loss.pseudo_confidence={list(config.loss.pseudo_confidence)}: '
+                        'give (low, high) with 0 <= low <= high <= 1')
 
   def head(self, model, bottom, skips, train):
     decoder = models.Decoder(model.widths, self.num_seg_classes, True, model.norm,

@@ -9,6 +9,7 @@ loop never waits on the host, yet a NaN is still reported with its exact step.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -116,6 +117,19 @@ def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
+def _lock_workdir(workdir: str):
+  """An exclusive lock on WORKDIR/.lock for this process's lifetime: a second
+  `train` on a running workdir would sweep away its checkpoints in progress."""
+  handle = open(os.path.join(workdir, '.lock'), 'w')  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.close()
+    raise errors.UserError(f'{workdir} is in use by another mtl-jax train (its .lock is '
+                           'held); wait for it or choose another --workdir') from None
+  return handle
+
+
 def _init_from(state, workdir: str, trainer):
   """A fresh state whose parameters and BatchNorm statistics come from
   another run's checkpoint wherever that run has them (`runtime.transfer`);
@@ -164,15 +178,28 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   trainer = Trainer(config)
   built = pipeline.check_built(config)  # a mistake leaves no workdir behind
   os.makedirs(workdir, exist_ok=True)
-  parallel.log_topology()
   lead = jax.process_index() == 0
+  lock = _lock_workdir(workdir) if lead else None
+  try:
+    return _run(config, workdir, trainer, built, interrupt_at_step)
+  finally:
+    if lock is not None:
+      lock.close()
+
+
+def _run(config, workdir, trainer, built, interrupt_at_step):
+  """The body of `train_and_evaluate`, once the workdir is locked."""
+  lead = jax.process_index() == 0
+  parallel.log_topology()
+  config_dict = json.loads(config_loader.to_json(config))
+  for which in ('latest', 'best'):  # a best one without a latest one must fit too
+    if checkpointing.select_step(workdir, which) is not None:
+      saved, _ = checkpointing.read_meta(workdir, which)
+      checkpointing.check_compatible(saved['config'], config_dict, workdir)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
                                     config.train.best_metric)
-  config_dict = json.loads(config_loader.to_json(config))
   try:
     if ckpt.latest_step() is not None:
-      saved, _ = checkpointing.read_meta(workdir, which='latest')
-      checkpointing.check_compatible(saved['config'], config_dict, workdir)
       state, _ = ckpt.restore(trainer.restore_target())
       logging.info('resumed from step %d in %s', int(state['step']), workdir)
       best = ckpt.best_step()
@@ -239,6 +266,9 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
                 trainer.runtime, trainer.predict, variables_of(state))), results)
         if outcome == 'revalidated':
           logging.info('best/%d re-validated by the replay: kept', step)
+        elif outcome == 'undefined':
+          logging.warning('step %d: train.best_metric=%s is undefined (nan) on validation; '
+                          'no best checkpoint is kept for it', step, config.train.best_metric)
       if step % config.train.checkpoint_every_steps == 0 or last:
         _flush_metrics(pending, writer, {})
         ckpt.save_latest(step, state, meta_at(step))

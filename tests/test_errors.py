@@ -97,3 +97,36 @@ def test_bad_best_metric_is_a_config_error():
   with pytest.raises(errors.ConfigError, match="no 'auc'"):
     checkpointing.selection_value(results, 'auc')
   assert checkpointing.selection_value({'dice': np.nan}, 'dice') is None
+
+
+def test_bad_window_and_stray_overrides_are_one_line(tmp_path, capsys):
+  assert cli.main(['build-data', 'synthetic_ct', '--data_dir', str(tmp_path),
+                   '--window_hu', '400', '-1000']) == 2
+  assert 'LOW must be below HIGH' in capsys.readouterr().err
+  assert cli.main(['predict', '--checkpoint', str(tmp_path), '--input', str(tmp_path),
+                   '--output', str(tmp_path / 'o'), '--config.eval.batch_size=4']) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'takes no --config.KEY=VALUE' in err
+  assert not os.listdir(tmp_path)
+
+
+def test_a_workdir_in_use_is_refused(tmp_path, capsys):
+  from mtl_jax import train  # pylint: disable=g-import-not-at-top
+  held = train._lock_workdir(str(tmp_path))
+  try:
+    with pytest.raises(errors.UserError, match='in use by another mtl-jax train'):
+      train._lock_workdir(str(tmp_path))
+  finally:
+    held.close()
+  train._lock_workdir(str(tmp_path)).close()  # free again
+
+
+def test_sweep_moves_an_incomplete_step_aside_and_deletes_only_temporaries(tmp_path):
+  (tmp_path / '7' / 'state').mkdir(parents=True)  # no meta, no _METADATA
+  (tmp_path / '8.orbax-checkpoint-tmp-123').mkdir()
+  (tmp_path / '.discard-5').mkdir()
+  lines = checkpointing.sweep(str(tmp_path))
+  assert len(lines) == 3
+  names = os.listdir(tmp_path)
+  assert len(names) == 1 and names[0].startswith('.incomplete-7-')
+  assert checkpointing.finished_steps(str(tmp_path)) == []

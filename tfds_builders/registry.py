@@ -52,11 +52,18 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
   existing = datasets.builder_dir(name, data_dir, image_size, str(module.Builder.VERSION))
   if existing:
     window = kwargs.get('window_hu')
-    built = datasets.built_record(existing)['window_hu']
-    if window is not None and [float(v) for v in window] != [float(v) for v in built]:
+    record = datasets.built_record(existing)
+    if window is not None and [float(v) for v in window] != [float(v) for v in
+                                                             record['window_hu']]:
       raise DatasetNotFoundError(
-          f'{name} at {image_size}px in {data_dir} is built with window_hu {built}, '
-          f'not {list(window)}; build into another --data_dir')
+          f'{name} at {image_size}px in {data_dir} is built with window_hu '
+          f'{record["window_hu"]}, not {list(window)}; build into another --data_dir')
+    if bool(kwargs.get('use_pseudo_masks')) != record['soft_masks'] and (
+        'use_pseudo_masks' in kwargs or record['soft_masks']):
+      raise DatasetNotFoundError(
+          f'{name} at {image_size}px in {data_dir} is built '
+          f'{"with" if record["soft_masks"] else "without"} pseudo labels; build into '
+          'another --data_dir')
     return existing
   manual_dir = kwargs.pop('manual_dir', None)
   builder = module.Builder(config=str(image_size), data_dir=data_dir,

@@ -42,11 +42,12 @@ def built_record(path: str) -> dict:
   lung window; their input kinds are unknown (None).
   """
   metadata = tfds.builder_from_directory(path).info.metadata or {}
+  soft = bool((metadata.get('options') or {}).get('use_pseudo_masks'))
   record = metadata.get('preprocessing')
   if record:
-    return dict(record)
+    return dict(record, soft_masks=soft)
   return {'window_hu': list(preprocess.LUNG_WINDOW), 'input_kinds': None,
-          'legacy': 'built before datasets recorded their preprocessing'}
+          'soft_masks': soft, 'legacy': 'built before datasets recorded their preprocessing'}
 
 
 class DecodedSource:

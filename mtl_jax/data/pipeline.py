@@ -88,7 +88,10 @@ def check_built(config) -> dict:
     for name in names:
       source = datasets.load_split(name, split, data.data_dir, data.image_size)
       records[name] = datasets.built_record(source.path)
-  windows = {name: tuple(r['window_hu']) for name, r in records.items()}
+  # Only sources with HU slices (or of unknown kind: built before records)
+  # were rendered through a window.
+  windows = {name: tuple(r['window_hu']) for name, r in records.items()
+             if 'hu' in (r.get('input_kinds') or ['hu'])}
   if len(set(windows.values())) > 1:
     raise ConfigError('the sources were built with different HU windows ('
                       + ', '.join(f'{n}: {list(w)}' for n, w in sorted(windows.items()))
@@ -96,8 +99,13 @@ def check_built(config) -> dict:
   built = next(iter(windows.values()), tuple(data.window_hu))
   if tuple(float(v) for v in data.window_hu) != built:
     raise ConfigError(f'config.data.window_hu={list(data.window_hu)} but the data in '
-                      f'{data.data_dir} was built with {list(built)}: drop the override, '
-                      f'or rebuild with mtl-jax build-data NAME --window_hu LOW HIGH')
+                      f'{data.data_dir} was built with {list(built)}: set '
+                      f'--config.data.window_hu to the built window, or rebuild with '
+                      f'mtl-jax build-data NAME --window_hu LOW HIGH')
+  if config.loss.pseudo_weight > 0 and not any(r.get('soft_masks') for r in records.values()):
+    raise ConfigError(f'loss.pseudo_weight={config.loss.pseudo_weight} but no source was '
+                      'built with pseudo labels (mtl-jax build-data covid19_ct_seg '
+                      '--use_pseudo_masks)')
   kinds = {k for r in records.values() for k in (r.get('input_kinds') or ())}
   if kinds and data.input_kind not in kinds:
     raise ConfigError(f'config.data.input_kind={data.input_kind!r} but the built sources '
@@ -204,7 +212,7 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
 
 
 def crop_to_lungs(example: dict) -> dict:
-  """Image and mask cropped to the same square around the lungs (if found)."""
+  """Image, mask and soft mask cropped to one square around the lungs (if found)."""
   box = preprocess.lung_box(example['image'])
   if box is None:
     return example
@@ -213,6 +221,9 @@ def crop_to_lungs(example: dict) -> dict:
   example['image'] = preprocess.crop_to_box(example['image'], box, size)
   example['mask'] = preprocess.crop_to_box(example['mask'], box, size, is_mask=True
                                            ).astype(np.asarray(example['mask']).dtype)
+  if 'soft_mask' in example:  # a pseudo label: probabilities, cropped like the image
+    example['soft_mask'] = np.clip(preprocess.crop_to_box(
+        example['soft_mask'], box, size), 0.0, 1.0).astype(np.float32)
   return example
 
 

@@ -142,7 +142,8 @@ def masks_without_images(mask_folder, image_folder, bad: BadFiles):
   images = {strip_suffix(p.name) for p in pathlib.Path(image_folder).iterdir()}
   for mask in sorted(pathlib.Path(mask_folder).iterdir()):
     name = strip_suffix(mask.name)
-    if not mask.name.startswith('.') and name not in images:
+    if (not mask.name.startswith('.') and mask.name.lower().endswith(IMAGE_SUFFIXES)
+        and name not in images):
       bad.add(mask, f'mask without its image (no {pathlib.Path(image_folder).name}/'
               f'{name}.* beside it)')
 

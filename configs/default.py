@@ -5,6 +5,10 @@ Presets (big_vision-style `get_config(arg)`):
   seg_only  ablation: segmentation alone
   cls_only  ablation: classification alone
   no_recon  ablation: segmentation + classification, no reconstruction decoder
+  uncertainty  ablation: learned uncertainty weighting of the task losses
+  pretrain  self-supervised stage: encoder + reconstruction decoder learn
+            masked-patch in-painting on every slice (no labels); a three-task
+            run then starts from it with --config.init_from=WORKDIR
   demo      CPU-sized three-task run on synthetic CT (what `make demo` trains)
   tiny      tiny widths at 64x64 and a few steps, for tests
 Ablation presets combine with a size: `seg_only,demo` or `no_recon,tiny`.
@@ -16,7 +20,8 @@ import ml_collections
 
 SIZE_PRESETS = ('full', 'demo', 'tiny')
 ABLATIONS = ('seg_only', 'cls_only', 'no_recon', 'uncertainty')
-PRESETS = SIZE_PRESETS + ABLATIONS
+STAGES = ('pretrain',)
+PRESETS = SIZE_PRESETS + ABLATIONS + STAGES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Datasets evaluated (each reported alone under `by_source`, and pooled).
   config.data.eval_sources = ('synthetic_ct',)
   config.data.image_size = 256
+  # Progressive resizing: ((size, until_step), ...) trains the steps up to
+  # each until_step on slices downsized to `size`; later steps (and all
+  # evaluation) at image_size. () trains at image_size throughout.
+  config.data.train_size_schedule = ()
   # Preprocessing recorded in every checkpoint and replayed by predict.
   config.data.window_hu = (-1000.0, 400.0)
   # 'hu' (CT in Hounsfield units, windowed) or '8bit' (renderings scaled to [0, 1]).
@@ -54,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Crop each slice to a square around its lungs (preprocess.lung_box), then
   # resize; predict replays it and pastes the mask back.
   config.data.lung_crop = False
+  # Self-training: the name of a label set made by `mtl-jax pseudo-label`;
+  # every training source that has it learns from its soft masks (with
+  # loss.pseudo_weight). '' reads none.
+  config.data.pseudo_labels = ''
   # Training augmentation (mtl_jax/data/augment.py), same for image and mask.
   config.data.augment = True
   config.data.flip_prob = 0.5
@@ -85,6 +98,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.pseudo_weight = 0.0
   config.loss.pseudo_confidence = (0.3, 0.7)
   config.loss.uncertainty_weighting = False
+  # Masked-patch in-painting: blank this fraction of recon_mask_patch-pixel
+  # squares of the training input; reconstruction restores the clean slice
+  # (the `pretrain` preset). 0: the paper's plain reconstruction.
+  config.loss.recon_mask_ratio = 0.0
+  config.loss.recon_mask_patch = 16
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3
@@ -157,3 +175,7 @@ def _apply_preset(config, name):
     config.loss.weights.update({'seg': 1.0, 'recon': 0.0, 'cls': 1.0})
   elif name == 'uncertainty':
     config.loss.uncertainty_weighting = True
+  elif name == 'pretrain':
+    config.loss.weights.update({'seg': 0.0, 'recon': 1.0, 'cls': 0.0})
+    config.loss.recon_mask_ratio = 0.5
+    config.train.best_metric = '-recon_mse'

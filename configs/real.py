@@ -3,6 +3,12 @@
   mtl-jax train --config configs/real.py:cpu --workdir runs/real_cpu
   mtl-jax train --config configs/real.py:gpu --workdir runs/real_gpu
 
+Self-supervised pre-training first (every slice, no labels), then the three
+tasks from its encoder and reconstruction decoder:
+  mtl-jax train --config configs/real.py:cpu,pretrain --workdir runs/pretrain
+  mtl-jax train --config configs/real.py:cpu --workdir runs/real_cpu \
+      --config.init_from=runs/pretrain
+
 Segmentation learns from MedSeg (its 10-slice validation fold is the Dice
 figure), classification from every labelled source (UCSD non-COVID as the
 set {normal, other}), reconstruction from everything. All sources are 8-bit
@@ -23,14 +29,23 @@ SOURCES = {
     'sars_cov2_ct': 0.15,    # COVID / other pathology
     'china_negative': 0.1,   # normal
 }
-PRESETS = ('cpu', 'gpu')
+SCALES = {'cpu': 'demo', 'gpu': 'full'}  # scale -> the default.py size it uses
 
 
 def get_config(arg=None):
-  preset, _, rest = (arg or 'cpu').partition(',')
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; valid presets: {", ".join(PRESETS)}')
-  config = default.get_config(rest or ('demo' if preset == 'cpu' else 'full'))
+  """`cpu` or `gpu`, optionally with default.py's stages and ablations
+  (`cpu,pretrain`, `cpu,seg_only`, `gpu,no_recon`) or another model size
+  (`cpu,tiny` for tests)."""
+  names = [a.strip() for a in (arg or 'cpu').split(',') if a.strip()]
+  scales = [n for n in names if n in SCALES]
+  modifiers = [n for n in names if n not in SCALES]
+  valid = default.ABLATIONS + default.STAGES + default.SIZE_PRESETS
+  if len(scales) > 1 or any(m not in valid for m in modifiers):
+    raise ValueError(f'unknown preset {arg!r}; give one of {", ".join(SCALES)}, '
+                     f'optionally with any of {", ".join(valid)} (comma-separated)')
+  scale = scales[0] if scales else 'cpu'
+  sizes = [] if any(m in default.SIZE_PRESETS for m in modifiers) else [SCALES[scale]]
+  config = default.get_config(','.join(sizes + modifiers))
   config.data.sources = ml_collections.ConfigDict(SOURCES)
   config.data.eval_sources = tuple(SOURCES)
   config.data.input_kind = '8bit'
@@ -44,10 +59,12 @@ def get_config(arg=None):
   config.data.rotate_deg = 15.0
   config.model.num_seg_classes = 1
   # Both tasks pick the kept model: by Dice alone (10 MedSeg slices, CI +-0.08)
-  # the best step was one where classification had not converged yet.
-  config.train.best_metric = 'dice+auc_covid'
+  # the best step was one where classification had not converged yet. (A
+  # stage or ablation without both keeps its preset's own metric.)
+  if config.loss.weights.seg and config.loss.weights.cls:
+    config.train.best_metric = 'dice+auc_covid'
   config.eval.max_examples = -1
-  if preset == 'cpu':
+  if scale == 'cpu':
     config.train.num_train_steps = 3000
     config.train.eval_every_steps = 250
     config.train.checkpoint_every_steps = 250
@@ -57,5 +74,7 @@ def get_config(arg=None):
     config.train.num_train_steps = 20_000
     config.train.global_batch_size = 32
     config.data.num_workers = 8
-  config.preset = f'real:{arg or "cpu"}'
+  if 'pretrain' in modifiers:  # in-painting converges sooner than the three tasks
+    config.train.num_train_steps //= 3
+  config.preset = 'real:' + ','.join([scale] + modifiers)
   return config

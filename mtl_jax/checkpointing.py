@@ -37,19 +37,23 @@ def selection_value(results: dict, best_metric: str) -> float | None:
   """The figure that ranks checkpoints for `best`: one validation metric, or
   the mean of several joined by '+' (a multi-task model is chosen on all its
   tasks, e.g. 'dice+auc_covid'). A name may reach into per-source results:
-  'by_source/covid_ct/auc_covid'. None when a value is undefined (nan).
+  'by_source/covid_ct/auc_covid'. Higher is better; a leading '-' ranks a
+  lower-is-better metric ('-recon_mse'). None when a value is undefined (nan).
   """
   values = []
   for name in best_metric.split('+'):
+    name, sign = name.strip(), 1.0
+    if name.startswith('-'):
+      name, sign = name[1:].strip(), -1.0
     value = results
-    for key in name.strip().split('/'):
+    for key in name.split('/'):
       if not isinstance(value, dict) or key not in value:
         raise ConfigError(f'train.best_metric={best_metric!r}: the validation results have '
-                          f'no {name.strip()!r}')
+                          f'no {name!r}')
       value = value[key]
     if value is None or not math.isfinite(float(value)):
       return None
-    values.append(float(value))
+    values.append(sign * float(value))
   return sum(values) / len(values)
 
 

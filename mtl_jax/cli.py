@@ -1,4 +1,4 @@
-"""The `mtl-jax` command line: train, evaluate, demo, build-data.
+"""The `mtl-jax` command line: train, evaluate, demo, build-data, predict, pseudo-label.
 
 A thin layer (flax-examples style): parse arguments, load the config, call
 `train.train_and_evaluate` or friends. A user mistake (`errors.UserError`:
@@ -64,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
                      help='covid19_ct_seg slice folders: store the model-made '
                      'pseudo_masks/ as pseudo labels (soft_mask), never as ground truth')
 
+  label = sub.add_parser(
+      'pseudo-label', help='self-training: a trained model labels a dataset\'s unmasked '
+      'slices', description='Stores the teacher\'s lesion (and class) probabilities for '
+      'every training slice without a ground-truth mask beside the built dataset, as a '
+      'label set that training reads with --config.data.pseudo_labels=NAME '
+      '--config.loss.pseudo_weight=W.')
+  label.add_argument('--checkpoint', required=True, help='the teacher\'s training WORKDIR')
+  label.add_argument('--dataset', required=True, help='a built dataset, e.g. covid19_ct_seg')
+  label.add_argument('--data_dir', default=os.environ.get('MTL_DATA_DIR', 'data'))
+  label.add_argument('--name', default=None,
+                     help='label set name (default: the teacher workdir\'s name)')
+  label.add_argument('--which', default='best', choices=('best', 'latest'))
+  label.add_argument('--tta', action='store_true', help='average with a left-right flip')
+  label.add_argument('--batch_size', type=int, default=None)
+
   predict = sub.add_parser(
       'predict', help='segment, classify and grade a CT study (or a batch)',
       description='Input: NIfTI, DICOM series folder/.dcm, PNG/JPG, or a folder/CSV '
@@ -119,7 +134,7 @@ def _run(args, overrides) -> int:
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
   from mtl_jax import config_loader, demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
-  if overrides and args.command in ('predict', 'build-data'):
+  if overrides and args.command in ('predict', 'build-data', 'pseudo-label'):
     raise UserError(f'{args.command} takes no --config.KEY=VALUE overrides (got '
                     f'{overrides[0]}); see mtl-jax {args.command} --help')
   if args.command in ('train', 'evaluate'):
@@ -148,6 +163,10 @@ def _run(args, overrides) -> int:
     from tfds_builders import registry  # pylint: disable=g-import-not-at-top
     path = registry.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
     print(path)
+  elif args.command == 'pseudo-label':
+    from mtl_jax import pseudo_label  # pylint: disable=g-import-not-at-top
+    print(pseudo_label.run(args.checkpoint, args.dataset, args.data_dir, args.name,
+                           args.which, args.tta, args.batch_size))
   elif args.command == 'predict':
     from mtl_jax import predict  # pylint: disable=g-import-not-at-top
     predict.run(args.checkpoint, args.input, args.output, args.batch_size, args.tta,

@@ -132,6 +132,10 @@ LEGACY_DEFAULTS = {
     'loss.pseudo_weight': 0.0,                  # pseudo-label soft masks
     'loss.pseudo_confidence': (0.3, 0.7),
     'init_from': '',                            # fine-tuning from another run
+    'data.pseudo_labels': '',                   # self-training label sets
+    'loss.recon_mask_ratio': 0.0,               # masked-patch in-painting
+    'loss.recon_mask_patch': 16,
+    'data.train_size_schedule': (),             # progressive resizing
 }
 # Renamed fields: old name -> (new name, conversion of the old value).
 RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}

@@ -33,6 +33,20 @@ def reconstruction_mse(recon, images, weight):
   return masked_mean(per_example, weight)
 
 
+def mask_patches(images, rng, ratio: float, patch: int):
+  """Images (B, H, W) with about `ratio` of their patch x patch squares set to 0.
+
+  The corruption of masked-patch in-painting: each square is blanked
+  independently with probability `ratio` (a partial square at the border
+  goes with its grid cell).
+  """
+  b, h, w = images.shape
+  grid = (b, -(-h // patch), -(-w // patch))
+  keep = jax.random.uniform(rng, grid) >= ratio
+  keep = jnp.repeat(jnp.repeat(keep, patch, axis=1), patch, axis=2)[:, :h, :w]
+  return jnp.where(keep, images, jnp.zeros_like(images))
+
+
 def seg_probabilities(seg_logits):
   """Foreground probabilities (B, H, W, K_fg) for the Dice loss.
 

@@ -55,6 +55,15 @@ class Task:
     """Eval outputs (probabilities, label maps) from the model's raw outputs."""
     raise NotImplementedError
 
+  def train_inputs(self, images, rng):
+    """The training input this task asks for (B, H, W); as is by default.
+
+    Targets stay the clean batch: a task that corrupts the input (masked-patch
+    in-painting) learns to undo the corruption.
+    """
+    del rng
+    return images
+
   def accumulator(self):
     raise NotImplementedError
 
@@ -141,10 +150,26 @@ class ReconstructionTask(Task):
                              name='recon_decoder')
     return {'recon': decoder(bottom, skips, train)}
 
+  def __init__(self, config):
+    super().__init__(config)
+    # Masked-patch in-painting (self-supervised pre-training): this fraction of
+    # square patches is blanked in the training input; the target stays the
+    # whole clean slice. 0: the paper's plain reconstruction.
+    self.mask_ratio = float(config.loss.recon_mask_ratio)
+    self.mask_patch = int(config.loss.recon_mask_patch)
+    if not 0.0 <= self.mask_ratio < 1.0 or self.mask_patch < 1:
+      raise ConfigError(f'loss.recon_mask_ratio={self.mask_ratio} must be in [0, 1) and '
+                        f'loss.recon_mask_patch={self.mask_patch} at least 1')
+
   def loss(self, outputs, batch):
     mse = losses.reconstruction_mse(outputs['recon'], batch['image'][..., None],
                                     batch['valid'])
     return mse, {'recon_mse': mse}
+
+  def train_inputs(self, images, rng):
+    if not self.mask_ratio:
+      return images
+    return losses.mask_patches(images, rng, self.mask_ratio, self.mask_patch)
 
   def predict(self, outputs):
     return {'recon': outputs['recon'].astype(jnp.float32)}

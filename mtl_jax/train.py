@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax import checkpointing, config_loader, errors, evaluation, jsonio, parallel
+from mtl_jax import checkpointing, config_loader, errors, evaluation, history, jsonio, parallel
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import tasks as tasks_lib
 from mtl_jax import writers, xla_cpu
@@ -56,11 +56,14 @@ def init_state(runtime, tx, rng):
 def make_train_step(model, tasks, tx, schedule, config):
   def train_step(state, batch):
     rng = jax.random.fold_in(state['rng'], state['step'])
+    inputs = batch['image']
+    for i, task in enumerate(tasks.values()):
+      inputs = task.train_inputs(inputs, jax.random.fold_in(rng, i + 1))
 
     def loss_fn(params):
       outputs, new_vars = model.apply(
           {'params': params, 'batch_stats': state['batch_stats']},
-          batch['image'][..., None], train=True, mutable=['batch_stats'],
+          inputs[..., None], train=True, mutable=['batch_stats'],
           rngs={'dropout': rng})
       total, terms = tasks_lib.total_loss(tasks, outputs, batch, config)
       return total, (terms, new_vars.get('batch_stats', {}))
@@ -260,7 +263,10 @@ def _run(config, workdir, trainer, built, interrupt_at_step):
       if step % config.train.eval_every_steps == 0 or last:
         _flush_metrics(pending, writer, {})
         results = trainer.evaluate(state, 'validation', config.eval.max_examples)
-        writer.write_scalars(step, evaluation.scalars(results, 'validation'))
+        scalars = evaluation.scalars(results, 'validation')
+        writer.write_scalars(step, scalars)
+        if lead:
+          history.append(workdir, step, scalars)
         outcome = ckpt.update_best(step, state, lambda: dict(
             meta_at(step), ood_reference=evaluation.reference_recon_errors(
                 trainer.runtime, trainer.predict, variables_of(state))), results)

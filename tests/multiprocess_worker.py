@@ -2,10 +2,12 @@
 
   python tests/multiprocess_worker.py ACTION OUT_JSON WORKDIR DATA_DIR PORT NPROC PID DEVICES
 
-ACTION: `train` runs two train steps on a fixed global batch (each process
-feeding its slice), saves a checkpoint, evaluates the validation split (each
-process reading its shard) and writes the losses and metrics; `restore`
-restores the latest checkpoint and writes its parameter checksum.
+ACTION: `train` runs `train.train_and_evaluate` for a few steps through the
+real input pipeline (each process reading its share of every global batch),
+which saves a checkpoint and evaluates the validation split (each process
+reading its shard); it writes every step's loss, the metrics, a parameter
+checksum and the parameters (OUT_JSON with .npz). `restore` restores the
+latest checkpoint and writes its parameter checksum.
 """
 
 import json
@@ -20,8 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_jax import checkpointing, config_loader, distributed, parallel, runtime, train  # noqa: E402
-from mtl_jax.data import pipeline  # noqa: E402
+from mtl_jax import checkpointing, config_loader, distributed, parallel, train  # noqa: E402
 
 nproc, pid = int(nproc), int(pid)
 if nproc > 1:
@@ -30,8 +31,10 @@ if nproc > 1:
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config = config_loader.load_config(f'{repo}/configs/default.py:tiny')
 config.data.data_dir = data_dir
-trainer = train.Trainer(config)
-ckpt = checkpointing.Checkpointer(workdir, keep=2)
+config.train.num_train_steps = 3
+config.train.log_every_steps = 1
+config.train.eval_every_steps = 3
+config.train.checkpoint_every_steps = 3
 
 
 def checksum(state):
@@ -40,24 +43,32 @@ def checksum(state):
 
 
 if action == 'train':
-  # The same global batch in every layout: this process feeds its rows.
-  full = pipeline.train_dataset(config)[0]
-  rows = config.train.global_batch_size // nproc
-  local = {k: v[pid * rows:(pid + 1) * rows] for k, v in full.items()}
-  state = trainer.init(jax.random.key(0))
   losses = []
-  for _ in range(2):
-    state, terms = trainer.train_step(state, parallel.global_batch(local, trainer.mesh))
-    losses.append(float(parallel.to_host(terms)['loss']))
-  ckpt.save_latest(2, state, runtime.checkpoint_meta(config, 2, {}))
-  scores = trainer.evaluate(state, 'validation')
+  flush = train._flush_metrics  # pylint: disable=protected-access
+
+  def recording_flush(pending, writer, timing):
+    means = flush(pending, writer, timing)
+    if 'train/loss' in means:
+      losses.append(means['train/loss'])
+    return means
+
+  train._flush_metrics = recording_flush  # pylint: disable=protected-access
+  state, scores = train.train_and_evaluate(config, workdir)
+  init = train.Trainer(config).init(jax.random.key(config.seed))['params']
+  arrays = {}
+  for prefix, tree in (('', state['params']), ('init', init)):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(parallel.to_host(tree))[0]:
+      arrays[prefix + jax.tree_util.keystr(path)] = leaf
+  np.savez(out_json + '.npz', **arrays)
   result = {'losses': losses, 'checksum': checksum(state),
             'eval': {k: scores[k] for k in ('dice', 'accuracy', 'auc_covid', 'recon_mse',
                                             'confusion_matrix')}}
 else:
+  trainer = train.Trainer(config)
+  ckpt = checkpointing.Checkpointer(workdir, keep=2)
   state, _ = ckpt.restore(trainer.restore_target())
+  ckpt.close()
   result = {'step': int(parallel.to_host(state['step'])), 'checksum': checksum(state)}
-ckpt.close()
 result.update(process_index=jax.process_index(), process_count=jax.process_count(),
               device_count=jax.device_count())
 with open(out_json, 'w') as f:

@@ -154,7 +154,7 @@ def test_real_data_presets_load(preset):
   assert set(config.data.sources) == set(config.data.eval_sources)
   assert config.data.input_kind == '8bit'
   assert abs(sum(config.data.sources.values()) - 1.0) < 1e-6
-  with pytest.raises(config_loader.ConfigError, match='valid presets: cpu, gpu'):
+  with pytest.raises(config_loader.ConfigError, match='give one of cpu, gpu'):
     config_loader.load_config(f'{REPO}/configs/real.py:tpu')
 
 

@@ -37,7 +37,8 @@ def _config(sources, batch=8, augment_on=False):
                'contrast_range': (0.9, 1.1), 'elastic_prob': 0.0,
                'num_workers': 0, 'prefetch': 2, 'standardize': 'none',
                'standardize_reference': (0.5, 0.15), 'balance_classes': False,
-               'lung_crop': False},
+               'lung_crop': False, 'pseudo_labels': '', 'train_size_schedule': ()},
+      'model': {'widths': (8, 16)},
       'train': {'global_batch_size': batch},
   })
   return config
@@ -67,6 +68,20 @@ def test_each_process_reads_a_disjoint_shard(fake_sources):
     assert batch['image'].shape[0] == 4  # local batch = global / processes
     seen.append({float(v) for v in batch['image'][:, 0, 0]})
   assert not seen[0] & seen[1]
+
+
+@pytest.mark.parametrize('processes', [2, 4])
+def test_global_batches_do_not_depend_on_the_process_count(fake_sources, processes):
+  # Issue 16: batch k holds the same examples, augmented the same way, on 1
+  # process or N; the processes' local batches are its consecutive rows.
+  config = _config({'a': 2.0, 'b': 1.0, 'c': 1.0}, batch=8, augment_on=True)
+  whole = pipeline.train_dataset(config)
+  shares = [pipeline.train_dataset(config, pipeline.ProcessShard(p, processes))
+            for p in range(processes)]
+  for step in (0, 1, 7):
+    for key, value in whole[step].items():
+      joined = np.concatenate([share[step][key] for share in shares])
+      np.testing.assert_array_equal(joined, value, err_msg=f'{key} at step {step}')
 
 
 def test_batches_are_deterministic_and_resume_exactly(fake_sources):

@@ -1,10 +1,13 @@
-"""grain input pipelines: weighted mixing of sources, per-process shards, resume.
+"""grain input pipelines: weighted mixing of sources, per-process shares, resume.
 
-The training stream is a random-access `grain.MapDataset` of *batches*:
-batch `k` is a pure function of (config, seed, process, k). Resuming at step
-`k` is therefore `dataset[k:]`, and a resumed run sees exactly the batches the
-interrupted one would have seen; the iterator state saved with a checkpoint is
-just that step (plus grain's own state, for the record).
+The training stream is one global, random-access sequence of examples:
+example `i` (source, shuffle position and augmentation) is a pure function of
+(config, seed, i), and global batch `k` is examples `k*B .. (k+1)*B-1`. Each
+process reads only its contiguous share of every global batch, so batch `k`
+holds the same examples, augmented the same way, on 1 process or N and on 1
+device or 8: the run does not depend on the layout it runs on. Resuming at
+step `k` is `dataset[k:]`, so a resumed run sees exactly the batches the
+interrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from absl import flags
 
 from mtl_jax.data import augment as augment_lib
-from mtl_jax.data import datasets, preprocess
+from mtl_jax.data import datasets, preprocess, pseudo_labels
 from mtl_jax.errors import ConfigError
 
 # Keys the train step consumes; strings stay on the host.
@@ -27,9 +30,15 @@ NUMERIC_KEYS = ('image', 'mask', 'has_mask', 'label', 'label_set', 'has_label',
                 'soft_mask', 'has_soft_mask')
 
 
+# Augmentation draws from numpy's seed sequence [seed, AUGMENT_STREAM, global
+# example index]. (The stream number is the value that single-process runs
+# used when seeds named the process, so their data replays unchanged.)
+AUGMENT_STREAM = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessShard:
-  """Which slice of the data this host reads (multi-host ready)."""
+  """Which share of every global batch this host reads (multi-host ready)."""
   index: int = 0
   count: int = 1
 
@@ -102,15 +111,51 @@ def check_built(config) -> dict:
                       f'{data.data_dir} was built with {list(built)}: set '
                       f'--config.data.window_hu to the built window, or rebuild with '
                       f'mtl-jax build-data NAME --window_hu LOW HIGH')
-  if config.loss.pseudo_weight > 0 and not any(r.get('soft_masks') for r in records.values()):
+  labelled = _check_pseudo_label_sets(config)
+  if config.loss.pseudo_weight > 0 and not labelled and not any(
+      r.get('soft_masks') for r in records.values()):
     raise ConfigError(f'loss.pseudo_weight={config.loss.pseudo_weight} but no source was '
                       'built with pseudo labels (mtl-jax build-data covid19_ct_seg '
-                      '--use_pseudo_masks)')
+                      '--use_pseudo_masks) or given a label set (mtl-jax pseudo-label, '
+                      'then --config.data.pseudo_labels=SET)')
   kinds = {k for r in records.values() for k in (r.get('input_kinds') or ())}
   if kinds and data.input_kind not in kinds:
     raise ConfigError(f'config.data.input_kind={data.input_kind!r} but the built sources '
                       f'hold only {sorted(kinds)} slices')
   return records
+
+
+def _check_pseudo_label_sets(config) -> list:
+  """The training sources that have `data.pseudo_labels`'s label set (each
+  checked against its split), or a one-line ConfigError when none has it."""
+  name = config.data.pseudo_labels
+  if not name:
+    return []
+  labelled = [source for source in config.data.sources
+              if name in pseudo_labels.available(_built_path(config, source))]
+  if not labelled:
+    found = {s: pseudo_labels.available(_built_path(config, s)) for s in config.data.sources}
+    raise ConfigError(f'config.data.pseudo_labels={name!r}, but no training source has '
+                      'that label set (found: ' + (', '.join(
+                          f'{s}: {sets}' for s, sets in found.items() if sets) or 'none')
+                      + '); make it with mtl-jax pseudo-label')
+  for source in labelled:
+    training_split(config, source)  # a stale set is a one-line error now, not mid-run
+  return labelled
+
+
+def _built_path(config, name: str) -> str:
+  return datasets.load_split(name, 'train', config.data.data_dir,
+                             config.data.image_size).path
+
+
+def training_split(config, name: str):
+  """A source's training split, with `data.pseudo_labels`'s set attached if it has one."""
+  source = datasets.load_split(name, 'train', config.data.data_dir, config.data.image_size)
+  label_set = config.data.pseudo_labels
+  if label_set and label_set in pseudo_labels.available(source.path):
+    return pseudo_labels.WithPseudoLabels(source, label_set)
+  return source
 
 
 def source_stats(config) -> dict:
@@ -168,6 +213,9 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
                   stats: dict | None = None) -> grain.MapDataset:
   """Infinite MapDataset of this process's local training batches.
 
+  Local batch `k` is rows `[p*L, (p+1)*L)` of global batch `k` (process `p`,
+  `L` = global batch / process count), which is how
+  `jax.make_array_from_process_local_data` lays the processes' rows out.
   `stats` is `source_stats(config)` when the caller already has it.
   """
   names = list(config.data.sources.keys())
@@ -182,12 +230,10 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
   standardizer = make_standardizer(config, stats)
   streams, stream_weights = [], []
   for i, (name, weight) in enumerate(zip(names, weights)):
-    source = datasets.load_split(name, 'train', config.data.data_dir,
-                                 config.data.image_size)
+    source = training_split(config, name)
     groups = _class_groups(source, config.data.balance_classes)
     for j, group in enumerate(groups):
       ds = grain.MapDataset.source(group)
-      ds = ds[shard.index::shard.count]  # shard before mixing keeps the weights
       ds = ds.shuffle(seed=config.seed + 1000 * i + j).repeat()
       if config.data.lung_crop:
         ds = ds.map(crop_to_lungs)
@@ -199,16 +245,55 @@ def train_dataset(config, shard: ProcessShard = ProcessShard(),
       else streams[0]
   augment = augment_lib.Augmenter.from_config(config.data) \
       if config.data.augment else None
+  size_at = train_size_schedule(config)
 
-  def prepare(index, example):
+  def prepare(index, example):  # index: the example's place in the global sequence
     example = _numeric(example)
+    size = size_at(index // global_batch + 1)
+    if size != example['image'].shape[0]:
+      example = downsize(example, size)
     if augment is not None:
-      rng = np.random.default_rng([config.seed, shard.index, index])
+      rng = np.random.default_rng([config.seed, AUGMENT_STREAM, index])
       example = augment(example, rng)
     return example
 
   mixed = mixed.map_with_index(prepare)
-  return mixed.batch(global_batch // shard.count, drop_remainder=True)
+  # Global batch k = local batches k*P .. k*P+P-1 in process order.
+  local = mixed.batch(global_batch // shard.count, drop_remainder=True)
+  return local[shard.index::shard.count] if shard.count > 1 else local
+
+
+def train_size_schedule(config) -> Callable[[int], int]:
+  """step -> the slice size its batch is trained at (progressive resizing).
+
+  `data.train_size_schedule` ((size, until_step), ...) trains the steps up to
+  each `until_step` at `size`, from the `data.image_size` build, downsized;
+  later steps, evaluation and prediction use `data.image_size` itself. The
+  network is fully convolutional, so one set of parameters serves all sizes.
+  """
+  schedule = [(int(size), int(until)) for size, until in config.data.train_size_schedule]
+  full, depth = int(config.data.image_size), 2 ** len(config.model.widths)
+  for (size, until), previous in zip(schedule, [(0, 0)] + schedule):
+    if not 0 < size < full or size % depth or until <= previous[1]:
+      raise ConfigError(
+          f'config.data.train_size_schedule={[list(p) for p in schedule]}: give '
+          f'(size, until_step) pairs with increasing steps and sizes below '
+          f'data.image_size={full} that are multiples of {depth} (the U-Net depth)')
+
+  def size_at(step: int) -> int:
+    return next((size for size, until in schedule if step <= until), full)
+  return size_at
+
+
+def downsize(example: dict, size: int) -> dict:
+  """Image and soft mask resized (antialiased), mask nearest-neighbour."""
+  example = dict(example)
+  example['image'] = preprocess.resize_image(example['image'], size)
+  example['mask'] = preprocess.resize_mask(example['mask'], size).astype(
+      np.asarray(example['mask']).dtype)
+  example['soft_mask'] = np.clip(preprocess.resize_image(example['soft_mask'], size),
+                                 0.0, 1.0)
+  return example
 
 
 def crop_to_lungs(example: dict) -> dict:

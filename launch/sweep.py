@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Expand a grid of config overrides into runs; run them, print them, or tabulate them.
+"""Run a named plan of arms x seeds, or a grid of config overrides; print or tabulate them.
 
+  launch/sweep.py --plan configs/ablation.py --root runs/ablation \\
+      [--arms full,seg_only] [--seeds 0,1] [--set K=V ...] [--dry_run | --collect]
   launch/sweep.py --config configs/default.py:demo --root runs/sweep \\
       --grid loss.weights.recon=0,1 --grid optim.learning_rate=1e-3,2e-3 [--set K=V ...] \\
       [--dry_run | --collect] [--jobs 1] [--launcher 'launch/local_cluster.sh -n 2 --']
 
-Each grid point gets its own workdir under --root, named by its overrides.
-By default the runs execute locally in a queue (`--jobs` at a time), each
-followed by `mtl-jax evaluate`; `--dry_run` prints the commands instead (to
-paste into a cluster scheduler); `--collect` only gathers every run's
-eval_<split>.json into one Markdown table (stdout) and a CSV (ROOT/results.csv).
+A plan (`--plan FILE.py[:ARG]`, e.g. configs/ablation.py) runs each arm with
+each seed in ROOT/ARM/seed_S, each followed by `mtl-jax evaluate`. It is
+re-entrant: finished runs are skipped, unfinished ones resume. `--collect`
+writes ROOT/results.md (mean ± sd over seeds, CIs, and each arm against the
+baseline with a paired t-test over seeds), ROOT/results.png and
+ROOT/results.csv from what exists, and lists what is missing. `--dry_run`
+prints the plan as a SLURM array job and as a TPU-VM loop.
+
+A grid gives each point its own workdir under --root, named by its
+overrides, run locally in a queue (`--jobs` at a time); `--dry_run` prints
+the commands; `--collect` gathers every run's eval_<split>.json into one
+Markdown table (stdout) and a CSV (ROOT/results.csv).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import shlex
 import subprocess
 import sys
 from concurrent import futures
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 COLUMNS = ('dice', 'iou', 'hd95', 'accuracy', 'auc_covid', 'auc_macro', 'recon_mse')
 
@@ -79,6 +90,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split('\n\n', 1)[1])
+  parser.add_argument('--plan', default=None, help='a plan file, e.g. configs/ablation.py')
+  parser.add_argument('--arms', default=None, help='with --plan: only these arms (a,b)')
+  parser.add_argument('--seeds', default=None, help='with --plan: only these seeds (0,1)')
   parser.add_argument('--config', default='configs/default.py:demo')
   parser.add_argument('--root', default='runs/sweep')
   parser.add_argument('--grid', action='append', default=[], help='KEY=V1,V2,...')
@@ -91,6 +105,8 @@ def main(argv=None) -> int:
   mode.add_argument('--dry_run', action='store_true')
   mode.add_argument('--collect', action='store_true')
   args = parser.parse_args(argv)
+  if args.plan:
+    return run_plan(args)
 
   if not args.collect:
     points = expand(args.grid)
@@ -118,6 +134,82 @@ def main(argv=None) -> int:
       writer.writeheader()
       writer.writerows(rows)
   return 1 if not args.collect and failures else 0
+
+
+def run_plan(args) -> int:
+  """--plan: run (re-entrant), --dry_run or --collect."""
+  from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
+  from mtl_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    plan = ablation.load_plan(args.plan, args.arms, args.seeds)
+    extra = _pairs(args.set)
+    todo = ablation.runs(plan, args.root)
+    if args.dry_run:
+      print(dry_run(plan, todo, args, extra))
+      return 0
+    failures = []
+    if not args.collect:
+      ablation.claim_root(plan, args.root)
+      foreign = ablation.foreign_folders(plan, args.root)
+      if foreign:
+        raise UserError(f'{args.root} holds other runs: {"; ".join(foreign)}')
+
+      def run(item):
+        status = ablation.state(plan, item)
+        if status == 'done':
+          print(f'{item.name}: done, skipped', flush=True)
+          return None
+        train, evaluate = ablation.commands(plan, item, args.mtl_jax, args.launcher, extra)
+        print(f'{item.name}: {status}: running', flush=True)
+        for cmd in ([evaluate] if status == 'trained' else [train, evaluate]):
+          if subprocess.run(cmd).returncode:
+            return f'{item.name}: failed: {shlex.join(cmd)}'
+        return None
+
+      with futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        failures = [f for f in pool.map(run, todo) if f]
+    rows, missing = ablation.collect(plan, args.root)
+  except UserError as e:
+    print(f'sweep: error: {e}', file=sys.stderr)
+    return 2
+  report = (f'## {plan["name"]} ({plan["split"]}, {len(rows)} of {len(todo)} runs)\n\n'
+            + ablation.summary_table(plan, rows) + '\n\n'
+            + ablation.paired_table(plan, rows) + '\n')
+  if missing:
+    report += '\nMissing: ' + ', '.join(missing) + '\n'
+  print(report)
+  if rows:
+    os.makedirs(args.root, exist_ok=True)
+    with open(os.path.join(args.root, 'results.md'), 'w', encoding='utf-8') as f:
+      f.write(report)
+    ablation.write_csv(rows, os.path.join(args.root, 'results.csv'))
+    ablation.bar_chart(plan, rows, os.path.join(args.root, 'results.png'))
+  for failure in failures:
+    print(failure, file=sys.stderr)
+  return 1 if failures else 0
+
+
+def dry_run(plan, todo, args, extra) -> str:
+  """The plan as a SLURM array job (one run per task) and as a TPU-VM loop."""
+  lines = [' && '.join(shlex.join(c) for c in ablation_commands(plan, item, args, extra))
+           for item in todo]
+  slurm = ['#!/usr/bin/env bash', f'# {plan["name"]}: {len(todo)} runs, one per array task;'
+           ' a requeued task resumes its run.', f'#SBATCH --job-name={plan["name"]}',
+           f'#SBATCH --array=0-{len(todo) - 1}', '#SBATCH --gpus-per-task=1',
+           '#SBATCH --requeue', 'RUNS=(']
+  slurm += [f'  {shlex.quote(line)}' for line in lines]
+  slurm += [')', 'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"']
+  tpu = ['# TPU VM: NAME and ZONE of a VM set up as in launch/tpu_vm.sh; runs one after',
+         '# another, each resuming where it stopped if the loop is restarted.']
+  tpu += [f'gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all '
+          f'--command {shlex.quote("cd mtl-jax && " + line)} || exit 1' for line in lines]
+  return ('# --- SLURM array (save as ablation.sbatch; sbatch ablation.sbatch) ---\n'
+          + '\n'.join(slurm) + '\n\n# --- TPU VM loop ---\n' + '\n'.join(tpu))
+
+
+def ablation_commands(plan, item, args, extra):
+  from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
+  return ablation.commands(plan, item, args.mtl_jax, args.launcher, extra)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,302 @@
+"""A named plan of runs (arms x seeds): its commands, its state, and its results.
+
+A plan (`configs/ablation.py`) names a base config file, arms (a preset of
+it each), seeds and overrides shared by every run. Run `ARM` with seed `S`
+lives in `ROOT/ARM/seed_S`; `ROOT/plan.json` records the plan, so a root is
+never shared by two plans. Running is re-entrant: a finished run (trained to
+its last step and evaluated) is skipped, an unfinished one resumes.
+Collecting tables what exists, says what is missing, and compares every arm
+with the baseline seed by seed (paired t-test over seeds).
+
+`launch/sweep.py --plan` is the command line; this module is what it and the
+tests share.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shlex
+
+import numpy as np
+
+from mtl_jax import checkpointing, config_loader, jsonio
+from mtl_jax.errors import ConfigError
+
+PLAN_FILE = 'plan.json'
+# (label, key in eval_<split>.json); each source's AUC is added per source.
+METRICS = (('Dice', 'dice'), ('pooled AUC', 'auc_covid'), ('accuracy', 'accuracy'),
+           ('recon MSE', 'recon_mse'))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  arm: str
+  seed: int
+  workdir: str
+
+  @property
+  def name(self) -> str:
+    return f'{self.arm}/seed_{self.seed}'
+
+
+def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> dict:
+  """The plan of `spec` (FILE.py[:ARG]) as a plain dict, narrowed to `arms`/`seeds`
+  ('a,b' / '0,1'); an unknown arm or seed is a one-line error naming the valid ones."""
+  plan = config_loader.load_config(spec).to_dict()
+  plan['arms'] = {arm: preset for arm, preset in plan['arms']}
+  plan['overrides'] = {key: value for key, value in plan['overrides']}
+  plan['seeds'] = [int(s) for s in plan['seeds']]
+  if arms:
+    chosen = [a.strip() for a in arms.split(',') if a.strip()]
+    unknown = [a for a in chosen if a not in plan['arms']]
+    if unknown or not chosen:
+      raise ConfigError(f'--arms {arms!r}: unknown arm(s) {unknown}; valid arms of '
+                        f'{plan["name"]}: {", ".join(plan["arms"])}')
+    plan['arms'] = {a: plan['arms'][a] for a in chosen}
+  if seeds:
+    try:
+      chosen = [int(s) for s in seeds.split(',') if s.strip()]
+    except ValueError:
+      chosen = None
+    if not chosen or any(s not in plan['seeds'] for s in chosen):
+      raise ConfigError(f'--seeds {seeds!r}: valid seeds of {plan["name"]}: '
+                        f'{",".join(map(str, plan["seeds"]))}')
+    plan['seeds'] = chosen
+  if plan['baseline'] not in plan['arms'] and len(plan['arms']) > 1:
+    raise ConfigError(f'the baseline arm {plan["baseline"]!r} must be among --arms')
+  return plan
+
+
+def runs(plan: dict, root: str) -> list[Run]:
+  """Seed-major: after the first seed every arm has a run to compare."""
+  return [Run(arm, seed, os.path.join(root, arm, f'seed_{seed}'))
+          for seed in plan['seeds'] for arm in plan['arms']]
+
+
+def overrides(plan: dict, run: Run, extra: dict | None = None) -> list[str]:
+  values = {**plan['overrides'], **(extra or {}), 'seed': run.seed}
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def commands(plan: dict, run: Run, mtl_jax: str = 'mtl-jax', launcher: str = '',
+             extra: dict | None = None) -> list[list[str]]:
+  """[train command, evaluate command] of one run."""
+  exe = shlex.split(mtl_jax)
+  config = f'{plan["config"]}:{plan["arms"][run.arm]}'
+  return [shlex.split(launcher) + exe + ['train', '--config', config, '--workdir',
+                                         run.workdir] + overrides(plan, run, extra),
+          exe + ['evaluate', '--workdir', run.workdir, '--split', plan['split']]]
+
+
+def state(plan: dict, run: Run) -> str:
+  """'done', 'trained' (not evaluated yet), 'step K of N', or 'not started'.
+
+  Done: trained to its last step, and `eval_<split>.json` is of the run's
+  best checkpoint (an evaluation of an earlier best does not count).
+  """
+  config_path = os.path.join(run.workdir, 'config.json')
+  if not os.path.exists(config_path):
+    return 'not started'
+  with open(config_path, encoding='utf-8') as f:
+    total = int(json.load(f)['train']['num_train_steps'])
+  step = checkpointing.select_step(run.workdir, 'latest') or 0
+  if step < total:
+    return f'step {step} of {total}'
+  evaluated = os.path.join(run.workdir, f'eval_{plan["split"]}.json')
+  if os.path.exists(evaluated):
+    with open(evaluated, encoding='utf-8') as f:
+      if json.load(f).get('step') == (checkpointing.select_step(run.workdir, 'best') or step):
+        return 'done'
+  return 'trained'
+
+
+def claim_root(plan: dict, root: str):
+  """Record the plan in ROOT/plan.json, or refuse a root that holds another plan."""
+  path = os.path.join(root, PLAN_FILE)
+  record = _record(plan)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      kept = json.load(f)
+    differ = [k for k in record if k not in ('arms', 'seeds') and kept.get(k) != record[k]]
+    differ += [f'arm {a}' for a in record['arms']
+               if a in kept.get('arms', {}) and kept['arms'][a] != record['arms'][a]]
+    if differ:
+      raise ConfigError(f'{root} holds runs of another plan ({", ".join(differ)} differ); '
+                        'use another --root')
+    record['arms'] = {**kept.get('arms', {}), **record['arms']}
+    record['seeds'] = sorted(set(kept.get('seeds', [])) | set(record['seeds']))
+  os.makedirs(root, exist_ok=True)
+  jsonio.write_json(path, record, sort_keys=True)
+
+
+def _record(plan: dict) -> dict:
+  return {k: plan[k] for k in ('name', 'config', 'arms', 'seeds', 'overrides', 'split')}
+
+
+def foreign_folders(plan: dict, root: str) -> list[str]:
+  """Run folders under ROOT that this plan did not make: another arm's preset,
+  seed or overrides in their config.json, or folders no arm of it names."""
+  foreign = []
+  for arm in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    arm_dir = os.path.join(root, arm)
+    if not os.path.isdir(arm_dir):
+      continue
+    for name in sorted(os.listdir(arm_dir)):
+      workdir = os.path.join(arm_dir, name)
+      config_path = os.path.join(workdir, 'config.json')
+      if not os.path.exists(config_path):
+        continue
+      if arm not in plan['arms'] or not name.startswith('seed_'):
+        foreign.append(f'{arm}/{name} (not an arm of {plan["name"]})')
+        continue
+      with open(config_path, encoding='utf-8') as f:
+        saved = json.load(f)
+      expected = config_loader.load_config(f'{plan["config"]}:{plan["arms"][arm]}',
+                                           overrides(plan, Run(arm, int(name[5:]), workdir)))
+      differ = [k for k in ('preset', 'seed') if saved.get(k) != expected.get(k)]
+      differ += [k for k in plan['overrides']
+                 if _lookup(saved, k) != _lookup(expected.to_dict(), k)]
+      if differ:
+        foreign.append(f'{arm}/{name} ({", ".join(differ)} differ)')
+  return foreign
+
+
+def _lookup(tree: dict, dotted: str):
+  for key in dotted.split('.'):
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return list(tree) if isinstance(tree, tuple) else tree
+
+
+def collect(plan: dict, root: str) -> tuple[list[dict], list[str]]:
+  """(one row per finished run: arm, seed and its figures; what is missing)."""
+  foreign = foreign_folders(plan, root)
+  if foreign:
+    raise ConfigError(f'{root} mixes runs of another plan or settings: '
+                      + '; '.join(foreign) + ': move them away or use another --root')
+  rows, missing = [], []
+  for run in runs(plan, root):
+    status = state(plan, run)
+    if status != 'done':
+      missing.append(f'{run.name} ({status})')
+      continue
+    with open(os.path.join(run.workdir, f'eval_{plan["split"]}.json'), encoding='utf-8') as f:
+      results = json.load(f)
+    row = {'arm': run.arm, 'seed': run.seed, 'step': results.get('step')}
+    for key in metric_keys([results]):
+      row[key] = _lookup(results, key.replace('/', '.'))
+      row[key + '_ci95'] = _lookup(results, (key + '_ci95').replace('/', '.'))
+    rows.append(row)
+  return rows, missing
+
+
+def metric_keys(results: list[dict]) -> list[str]:
+  keys = [k for _, k in METRICS]
+  sources = sorted({s for r in results for s in (r.get('by_source') or {})})
+  keys += [f'by_source/{s}/auc_covid' for s in sources]
+  return keys
+
+
+def _label(key: str) -> str:
+  return dict((k, l) for l, k in METRICS).get(key) or f'{key.split("/")[1]} AUC'
+
+
+def _values(rows, arm, key) -> dict:
+  return {r['seed']: r[key] for r in rows if r['arm'] == arm and r.get(key) is not None}
+
+
+def keys_present(rows) -> list[str]:
+  ordered = [k for _, k in METRICS] + sorted(
+      {k for r in rows for k in r if k.startswith('by_source/') and not k.endswith('_ci95')})
+  return [k for k in ordered if any(r.get(k) is not None for r in rows)]
+
+
+def summary_table(plan: dict, rows: list[dict]) -> str:
+  """Markdown: per arm and metric, mean ± sd over seeds, then the mean of the
+  runs' own bootstrap 95% CIs (example sampling) in brackets."""
+  keys = keys_present(rows)
+  lines = ['| arm | seeds | ' + ' | '.join(_label(k) for k in keys) + ' |',
+           '|---|---|' + '---|' * len(keys)]
+  for arm in plan['arms']:
+    seeds = sorted({r['seed'] for r in rows if r['arm'] == arm})
+    cells = []
+    for key in keys:
+      values = list(_values(rows, arm, key).values())
+      if not values:
+        cells.append('-')
+        continue
+      cell = f'{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}'
+      cis = [r[key + '_ci95'] for r in rows if r['arm'] == arm and r.get(key + '_ci95')]
+      if cis:
+        cell += f' [{np.mean([c[0] for c in cis]):.3f}, {np.mean([c[1] for c in cis]):.3f}]'
+      cells.append(cell)
+    lines.append(f'| {arm} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def paired_table(plan: dict, rows: list[dict]) -> str:
+  """Markdown: each arm minus the baseline, seed by seed, with a paired t-test."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  base = plan['baseline']
+  lines = [f'| arm | metric | mean difference (arm - {base}) | seeds paired | t | p |',
+           '|---|---|---|---|---|---|']
+  for arm in plan['arms']:
+    if arm == base:
+      continue
+    for key in keys_present(rows):
+      ours, theirs = _values(rows, base, key), _values(rows, arm, key)
+      seeds = sorted(set(ours) & set(theirs))
+      if not seeds:
+        continue
+      diff = np.array([theirs[s] - ours[s] for s in seeds])
+      if len(seeds) > 1 and np.std(diff) > 0:
+        test = stats.ttest_rel([theirs[s] for s in seeds], [ours[s] for s in seeds])
+        t, p = f'{test.statistic:.2f}', f'{test.pvalue:.3f}'
+      else:
+        t, p = '-', '- (needs 2+ seeds that differ)'
+      lines.append(f'| {arm} | {_label(key)} | {diff.mean():+.4f} | {len(seeds)} | {t} | {p} |')
+  return '\n'.join(lines)
+
+
+def bar_chart(plan: dict, rows: list[dict], path: str):
+  """One panel per metric: each arm's mean over seeds, error bars ±1 sd, seeds as dots."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  keys = keys_present(rows)
+  cols = min(4, max(1, len(keys)))
+  fig_rows = -(-len(keys) // cols) or 1
+  fig, axes = plt.subplots(fig_rows, cols, figsize=(3.2 * cols, 3.0 * fig_rows),
+                           squeeze=False, constrained_layout=True)
+  arms = list(plan['arms'])
+  for ax, key in zip(axes.flat, keys):
+    for i, arm in enumerate(arms):
+      values = list(_values(rows, arm, key).values())
+      if not values:
+        continue
+      sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+      ax.bar(i, np.mean(values), yerr=sd, capsize=4, color=f'C{i}', alpha=0.7)
+      ax.plot([i] * len(values), values, 'k.', markersize=4)
+    ax.set_xticks(range(len(arms)), arms, rotation=30, ha='right', fontsize=8)
+    ax.set_title(_label(key), fontsize=9)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.axis('off')
+  fig.suptitle(f'{plan["name"]}: mean ± sd over seeds ({plan["split"]})', fontsize=10)
+  tmp = f'{path}.tmp{os.getpid()}.png'
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def write_csv(rows: list[dict], path: str):
+  fields = ['arm', 'seed', 'step'] + keys_present(rows)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)

@@ -128,6 +128,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.bootstrap_resamples = 1000
   config.eval.max_examples = -1  # -1: the whole split
 
+  # The machine a config is meant for, read by `mtl-jax plan` (sizing only;
+  # training uses whatever devices it finds). 0: unknown / this machine's.
+  config.hardware = ml_collections.ConfigDict()
+  config.hardware.name = ''
+  config.hardware.devices = 0
+  config.hardware.peak_tflops = 0.0          # per device, at compute_dtype
+  config.hardware.memory_gb = 0.0            # per device
+  config.hardware.interconnect_gb_s = 0.0    # per device, one direction
+
   for name in names:
     _apply_preset(config, name)
   config.preset = ','.join(names)

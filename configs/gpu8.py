@@ -13,4 +13,6 @@ def get_config(arg=None):
   config.model.compute_dtype = 'bfloat16'
   config.data.num_workers = 8
   config.eval.batch_size = 256
+  config.hardware.update(name='8x NVIDIA A100 80GB (one node, NVLink)', devices=8,
+                         peak_tflops=312.0, memory_gb=80.0, interconnect_gb_s=300.0)
   return config

@@ -16,4 +16,6 @@ def get_config(arg=None):
   config.model.norm = 'group'
   config.data.num_workers = 16
   config.eval.batch_size = 512
+  config.hardware.update(name='Cloud TPU v5e-32 (32 chips)', devices=32,
+                         peak_tflops=197.0, memory_gb=16.0, interconnect_gb_s=200.0)
   return config

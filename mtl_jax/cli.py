@@ -79,6 +79,24 @@ def _parser() -> argparse.ArgumentParser:
   label.add_argument('--tta', action='store_true', help='average with a left-right flip')
   label.add_argument('--batch_size', type=int, default=None)
 
+  sizing = sub.add_parser(
+      'plan', help='size a job: compile its steps for N devices, print memory, FLOPs, '
+      'communication and a predicted step time (runs nothing)',
+      epilog='Defaults come from the config\'s hardware section. Any --config.KEY=VALUE '
+      'overrides that key.')
+  sizing.add_argument('--config', required=True)
+  sizing.add_argument('--devices', type=int, default=None,
+                      help='data-parallel devices (default: config.hardware.devices, or 1)')
+  sizing.add_argument('--peak_tflops', type=float, default=None,
+                      help='peak TFLOP/s per device (default: config.hardware.peak_tflops)')
+  sizing.add_argument('--mfu', type=float, default=0.4,
+                      help='assumed model FLOPs utilisation (default: %(default)s)')
+  sizing.add_argument('--interconnect_gb_s', type=float, default=None,
+                      help='all-reduce bandwidth per device, GB/s')
+  sizing.add_argument('--device_memory_gb', type=float, default=None,
+                      help='fail when a step needs more (default: config.hardware.memory_gb)')
+  sizing.add_argument('--json', default=None, help='also write the figures here')
+
   predict = sub.add_parser(
       'predict', help='segment, classify and grade a CT study (or a batch)',
       description='Input: NIfTI, DICOM series folder/.dcm, PNG/JPG, or a folder/CSV '
@@ -131,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, overrides) -> int:
+  if args.command == 'plan':  # before anything imports jax: it may simulate devices
+    return _plan(args, overrides)
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
   from mtl_jax import config_loader, demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
@@ -171,6 +191,27 @@ def _run(args, overrides) -> int:
     from mtl_jax import predict  # pylint: disable=g-import-not-at-top
     predict.run(args.checkpoint, args.input, args.output, args.batch_size, args.tta,
                 args.series, args.save_probability)
+  return 0
+
+
+def _plan(args, overrides) -> int:
+  from mtl_jax import config_loader  # pylint: disable=g-import-not-at-top
+  config = config_loader.load_config(args.config, overrides)
+  hw = config.hardware
+  devices = args.devices if args.devices is not None else (hw.devices or 1)
+  flags = os.environ.get('XLA_FLAGS', '')
+  if devices > 1 and 'xla_force_host_platform_device_count' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={devices}'
+  from mtl_jax import jsonio, sizing  # pylint: disable=g-import-not-at-top
+  pick = lambda given, default: default if given is None else given
+  result = sizing.plan(config, devices, pick(args.peak_tflops, hw.peak_tflops), args.mfu,
+                       pick(args.interconnect_gb_s, hw.interconnect_gb_s),
+                       pick(args.device_memory_gb, hw.memory_gb))
+  if hw.name:
+    print(f'target: {hw.name}')
+  print(sizing.describe(result))
+  if args.json:
+    jsonio.write_json(args.json, result, sort_keys=True)
   return 0
 
 

@@ -136,6 +136,11 @@ LEGACY_DEFAULTS = {
     'loss.recon_mask_ratio': 0.0,               # masked-patch in-painting
     'loss.recon_mask_patch': 16,
     'data.train_size_schedule': (),             # progressive resizing
+    'hardware.name': '',                        # mtl-jax plan's target machine
+    'hardware.devices': 0,
+    'hardware.peak_tflops': 0.0,
+    'hardware.memory_gb': 0.0,
+    'hardware.interconnect_gb_s': 0.0,
 }
 # Renamed fields: old name -> (new name, conversion of the old value).
 RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}

@@ -9,6 +9,13 @@ import os
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One XLA compilation cache for the session, shared with the subprocesses the
+# tests start: the many tiny runs compile the same programs again and again.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mtl-jax-test-xla-')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import pathlib  # noqa: E402
 

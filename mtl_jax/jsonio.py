@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 
@@ -42,3 +43,18 @@ def write_json(path, data: dict, sort_keys: bool = False):
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def replace_dir(tmp, target):
+  """Move the finished folder `tmp` to `target`, replacing any folder there
+  only once the new one is complete (the old one is renamed aside first,
+  then deleted): a reader sees the old folder or the new one, never half."""
+  tmp, target = os.fspath(tmp), os.fspath(target)
+  if os.path.exists(target):
+    old = os.path.join(os.path.dirname(target),
+                       f'.{os.path.basename(target)}.old-{os.getpid()}')
+    os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, target)

@@ -29,6 +29,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from mtl_jax import jsonio
 from mtl_jax.data import readers, tables, validate
 from mtl_jax.errors import BadInputError, InputNotFoundError
 
@@ -352,13 +353,7 @@ def staged_output(outdir):
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)
-    if out.exists():
-      old = out.parent / f'.{out.name}.old-{os.getpid()}'
-      os.rename(out, old)
-      os.rename(tmp, out)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out)
+    jsonio.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     for folder in created:  # innermost first

@@ -79,13 +79,7 @@ def write(dataset_path: str, name: str, soft_masks: np.ndarray, has_soft_mask: n
         record, dataset=os.path.abspath(dataset_path), split=SPLIT,
         num_examples=int(len(soft_masks)), num_labelled=int(np.sum(has_soft_mask)),
         created=time.strftime('%Y-%m-%dT%H:%M:%S')), sort_keys=True)
-    if os.path.exists(target):
-      aside = f'{target}.discard{os.getpid()}'
-      os.replace(target, aside)
-      os.replace(tmp, target)
-      shutil.rmtree(aside, ignore_errors=True)
-    else:
-      os.replace(tmp, target)
+    jsonio.replace_dir(tmp, target)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument('--window_hu', type=float, nargs=2, metavar=('LOW', 'HIGH'),
                      default=None, help='HU window CT volumes are rendered with '
                      '(default: the lung window -1000 400); recorded in the dataset')
+  build.add_argument('--fold', type=int, default=None,
+                     help='cross-validation: hold out fold K of a seeded permutation '
+                     '(0..4 with the usual 20%% held out); default 0')
   build.add_argument('--use_pseudo_masks', action='store_true',
                      help='covid19_ct_seg slice folders: store the model-made '
                      'pseudo_masks/ as pseudo labels (soft_mask), never as ground truth')
@@ -173,7 +176,8 @@ def _run(args, overrides) -> int:
     kwargs = {key: value for key, value in (('manual_dir', args.manual_dir),
                                             ('skip_bad', args.skip_bad),
                                             ('window_hu', args.window_hu),
-                                            ('use_pseudo_masks', args.use_pseudo_masks))
+                                            ('use_pseudo_masks', args.use_pseudo_masks),
+                                            ('fold', args.fold))
               if value}
     if args.window_hu and not args.window_hu[0] < args.window_hu[1]:
       raise UserError(f'--window_hu {args.window_hu[0]:g} {args.window_hu[1]:g}: LOW must '

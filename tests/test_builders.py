@@ -484,3 +484,17 @@ def test_real_slice_sources(shared_data, tmp_path_factory):
   assert meta['splits']['validation']['patients'] == 4
   assert _metadata(_real('china_negative', tmp_path_factory)[1])['splits']['validation'][
       'patients'] == 2
+
+
+def test_cross_validation_folds_hold_out_disjoint_groups():
+  from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from tfds_builders import common  # pylint: disable=g-import-not-at-top
+  groups = [f'slice_{i:02d}' for i in range(50)]
+  held = [{g for g, s in common.split_by_permutation(groups, {'validation': 0.2}, 0, fold)
+           .items() if s == 'validation'} for fold in range(5)]
+  assert all(len(h) == 10 for h in held)
+  assert set().union(*held) == set(groups)  # every slice held out exactly once
+  assert held[0] == {g for g, s in common.split_by_permutation(
+      groups, {'validation': 0.2}, 0).items() if s == 'validation'}  # fold 0: as before
+  with pytest.raises(ConfigError, match='folds 0..4'):
+    common.split_by_permutation(groups, {'validation': 0.2}, 0, 5)

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtl_jax.data import features, preprocess, readers
+from mtl_jax.errors import ConfigError
 from mtl_jax.data.readers import BadInputError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -76,10 +77,21 @@ def fraction_counts(n: int, fractions: dict) -> dict:
   return counts
 
 
-def split_by_permutation(groups, fractions: dict, seed: int) -> dict:
-  """{group: split}: a seeded permutation of the sorted groups, exact counts."""
+def split_by_permutation(groups, fractions: dict, seed: int, fold: int = 0) -> dict:
+  """{group: split}: a seeded permutation of the sorted groups, exact counts.
+
+  `fold` k rotates the permutation by k times the held-out count, so folds
+  0..1/f-1 hold out disjoint groups (cross-validation: with 20% held out,
+  folds 0-4 cover every group once).
+  """
   groups = sorted(set(groups))
   order = np.random.default_rng(seed).permutation(len(groups))
+  held = sum(fraction_counts(len(groups), fractions).values())
+  if fold and groups and fold * held >= len(groups):
+    raise ConfigError(f'--fold {fold}: only {len(groups) // max(held, 1)} folds of '
+                      f'{held} held-out groups fit in {len(groups)} (folds 0..'
+                      f'{len(groups) // max(held, 1) - 1})')
+  order = np.roll(order, -fold * held)
   out, start = {}, 0
   for split, count in fraction_counts(len(groups), fractions).items():
     for i in order[start:start + count]:
@@ -152,13 +164,13 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
   SPLIT_BY = 'patient'  # 'patient' (seeded permutation) or 'hash' (of unit key)
   SPLIT_RULE = ''  # for the metadata
 
-  def __init__(self, *, skip_bad: bool = False, seed: int = 0,
+  def __init__(self, *, skip_bad: bool = False, seed: int = 0, fold: int = 0,
                max_examples_per_split: int | None = None,
                every_nth_slice: int = 1, lung_slices_only: bool = False,
                window_hu=preprocess.LUNG_WINDOW, **kwargs):
     if every_nth_slice < 1:
       raise ValueError(f'every_nth_slice must be >= 1, got {every_nth_slice}')
-    self._skip_bad, self._seed = bool(skip_bad), int(seed)
+    self._skip_bad, self._seed, self._fold = bool(skip_bad), int(seed), int(fold)
     self._max_examples = max_examples_per_split
     self._every_nth, self._lung_only = int(every_nth_slice), bool(lung_slices_only)
     self._manual_path, self._cache = None, (None, None)
@@ -187,7 +199,7 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
     if self.SPLIT_BY == 'hash':
       return split_by_hash([u.key for u in units], self.SPLIT_FRACTIONS, self._seed)
     by_patient = split_by_permutation([u.patient_id for u in units],
-                                      self.SPLIT_FRACTIONS, self._seed)
+                                      self.SPLIT_FRACTIONS, self._seed, self._fold)
     return {u.key: by_patient[u.patient_id] for u in units}
 
   def _source_name(self) -> str:
@@ -253,7 +265,8 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
               for s, items in plan.items()}
     self.info.metadata.update({
         'source': self._source_name(), 'manual_dir': str(root),
-        'split_rule': self._split_rule, 'seed': self._seed, 'splits': counts,
+        'split_rule': self._split_rule, 'seed': self._seed, 'fold': self._fold,
+        'splits': counts,
         'skipped': skipped, 'notes': self._notes,
         'no_selected_slices': sorted(u.key for u in units if not checked[u.key]),
         'volumes_8bit': sorted(self._volumes_8bit),  # 0..255 volumes, not HU

@@ -64,7 +64,14 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
           f'{name} at {image_size}px in {data_dir} is built '
           f'{"with" if record["soft_masks"] else "without"} pseudo labels; build into '
           'another --data_dir')
+    built_fold = int(tfds.builder_from_directory(existing).info.metadata.get('fold') or 0)
+    if int(kwargs.get('fold') or 0) != built_fold:
+      raise DatasetNotFoundError(
+          f'{name} at {image_size}px in {data_dir} is built with fold {built_fold}; '
+          'build another fold into another --data_dir')
     return existing
+  if int(kwargs.get('fold') or 0) < 0:
+    raise DatasetNotFoundError(f'--fold {kwargs["fold"]}: give 0 or more')
   manual_dir = kwargs.pop('manual_dir', None)
   builder = module.Builder(config=str(image_size), data_dir=data_dir,
                            file_format='array_record', **kwargs)

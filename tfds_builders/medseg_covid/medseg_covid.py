@@ -90,6 +90,6 @@ class MedsegCovid(common.SliceFolderBuilder):
     for prefix in ('tr_im', 'rp_', 'slice_'):
       group = [u for u in units if u.patient_id.startswith(prefix)]
       split = common.split_by_permutation([u.patient_id for u in group],
-                                          self.SPLIT_FRACTIONS, self._seed)
+                                          self.SPLIT_FRACTIONS, self._seed, self._fold)
       out.update({u.key: split[u.patient_id] for u in group})
     return out

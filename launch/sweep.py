@@ -142,7 +142,8 @@ def run_plan(args) -> int:
   from mtl_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     plan = ablation.load_plan(args.plan, args.arms, args.seeds)
-    extra = _pairs(args.set)
+    plan['overrides'].update(_pairs(args.set))  # recorded and checked with the plan's own
+    extra = {}
     todo = ablation.runs(plan, args.root)
     if args.dry_run:
       print(dry_run(plan, todo, args, extra))

@@ -116,7 +116,7 @@ def state(plan: dict, run: Run) -> str:
 def claim_root(plan: dict, root: str):
   """Record the plan in ROOT/plan.json, or refuse a root that holds another plan."""
   path = os.path.join(root, PLAN_FILE)
-  record = _record(plan)
+  record = json.loads(json.dumps(jsonio.jsonable(_record(plan))))  # as plan.json holds it
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       kept = json.load(f)
@@ -149,7 +149,7 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
       config_path = os.path.join(workdir, 'config.json')
       if not os.path.exists(config_path):
         continue
-      if arm not in plan['arms'] or not name.startswith('seed_'):
+      if arm not in plan['arms'] or not name.startswith('seed_') or not name[5:].isdigit():
         foreign.append(f'{arm}/{name} (not an arm of {plan["name"]})')
         continue
       with open(config_path, encoding='utf-8') as f:
@@ -257,7 +257,7 @@ def paired_table(plan: dict, rows: list[dict]) -> str:
         test = stats.ttest_rel([theirs[s] for s in seeds], [ours[s] for s in seeds])
         t, p = f'{test.statistic:.2f}', f'{test.pvalue:.3f}'
       else:
-        t, p = '-', '- (needs 2+ seeds that differ)'
+        t, p = '-', '- (needs 2+ seeds, and differences that vary)'
       lines.append(f'| {arm} | {_label(key)} | {diff.mean():+.4f} | {len(seeds)} | {t} | {p} |')
   return '\n'.join(lines)
 

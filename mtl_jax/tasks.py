@@ -160,6 +160,11 @@ class ReconstructionTask(Task):
     if not 0.0 <= self.mask_ratio < 1.0 or self.mask_patch < 1:
       raise ConfigError(f'loss.recon_mask_ratio={self.mask_ratio} must be in [0, 1) and '
                         f'loss.recon_mask_patch={self.mask_patch} at least 1')
+    others = [n for n, w in config.loss.weights.items() if n != self.name and w]
+    if self.mask_ratio and others:
+      raise ConfigError(f'loss.recon_mask_ratio={self.mask_ratio} blanks the input of every '
+                        f'task, and {", ".join(others)} would learn from it: in-paint in a '
+                        'pretrain stage (preset pretrain), then fine-tune with init_from')
 
   def loss(self, outputs, batch):
     mse = losses.reconstruction_mse(outputs['recon'], batch['image'][..., None],

@@ -498,3 +498,6 @@ def test_cross_validation_folds_hold_out_disjoint_groups():
       groups, {'validation': 0.2}, 0).items() if s == 'validation'}  # fold 0: as before
   with pytest.raises(ConfigError, match='folds 0..4'):
     common.split_by_permutation(groups, {'validation': 0.2}, 0, 5)
+  # 11 groups, 2 held out per fold: fold 5 would wrap round onto fold 0's.
+  with pytest.raises(ConfigError, match='folds 0..4'):
+    common.split_by_permutation(groups[:11], {'validation': 0.2}, 0, 5)

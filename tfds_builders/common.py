@@ -81,15 +81,16 @@ def split_by_permutation(groups, fractions: dict, seed: int, fold: int = 0) -> d
   """{group: split}: a seeded permutation of the sorted groups, exact counts.
 
   `fold` k rotates the permutation by k times the held-out count, so folds
-  0..1/f-1 hold out disjoint groups (cross-validation: with 20% held out,
-  folds 0-4 cover every group once).
+  hold out disjoint groups (cross-validation: 20% of 50 slices held out,
+  folds 0-4 cover every slice once; where the count is not a multiple of
+  the held-out size, the remainder is never held out).
   """
   groups = sorted(set(groups))
   order = np.random.default_rng(seed).permutation(len(groups))
   held = sum(fraction_counts(len(groups), fractions).values())
-  if fold and groups and fold * held >= len(groups):
-    raise ConfigError(f'--fold {fold}: only {len(groups) // max(held, 1)} folds of '
-                      f'{held} held-out groups fit in {len(groups)} (folds 0..'
+  if fold and groups and (fold + 1) * held > len(groups):
+    raise ConfigError(f'--fold {fold}: only {len(groups) // max(held, 1)} disjoint folds '
+                      f'of {held} held-out groups fit in {len(groups)} (folds 0..'
                       f'{len(groups) // max(held, 1) - 1})')
   order = np.roll(order, -fold * held)
   out, start = {}, 0
@@ -194,6 +195,11 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _assign_splits(self, units: list) -> dict:
     """{unit.key: split}: preset splits, else SPLIT_BY with SPLIT_FRACTIONS."""
+    if self._fold and (all(u.split for u in units) or self.SPLIT_BY == 'hash'):
+      raise ConfigError(f'--fold {self._fold}: {self.name} is split '
+                        f'{"by its own lists" if all(u.split for u in units) else "by a hash of file names"}, '
+                        'not by a seeded permutation; cross-validation folds are for '
+                        'permutation-split datasets (e.g. medseg_covid)')
     if all(u.split for u in units):
       return {u.key: u.split for u in units}
     if self.SPLIT_BY == 'hash':

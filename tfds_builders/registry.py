@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import importlib
 import logging
+import inspect
 import os
 import pkgutil
 import shutil
@@ -70,8 +71,11 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
           f'{name} at {image_size}px in {data_dir} is built with fold {built_fold}; '
           'build another fold into another --data_dir')
     return existing
-  if int(kwargs.get('fold') or 0) < 0:
-    raise DatasetNotFoundError(f'--fold {kwargs["fold"]}: give 0 or more')
+  if kwargs.get('fold'):
+    if int(kwargs['fold']) < 0:
+      raise DatasetNotFoundError(f'--fold {kwargs["fold"]}: give 0 or more')
+    if 'fold' not in inspect.signature(module.Builder.__init__).parameters:
+      raise DatasetNotFoundError(f'--fold: {name} has no cross-validation folds')
   manual_dir = kwargs.pop('manual_dir', None)
   builder = module.Builder(config=str(image_size), data_dir=data_dir,
                            file_format='array_record', **kwargs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 from typing import Callable, Iterator
 
 import grain
@@ -112,6 +113,9 @@ def check_built(config) -> dict:
                       f'--config.data.window_hu to the built window, or rebuild with '
                       f'mtl-jax build-data NAME --window_hu LOW HIGH')
   labelled = _check_pseudo_label_sets(config)
+  if labelled and not config.loss.pseudo_weight:
+    logging.warning('data.pseudo_labels=%s is read but loss.pseudo_weight=0: the run does '
+                    'not learn from it', config.data.pseudo_labels)
   if config.loss.pseudo_weight > 0 and not labelled and not any(
       r.get('soft_masks') for r in records.values()):
     raise ConfigError(f'loss.pseudo_weight={config.loss.pseudo_weight} but no source was '

@@ -47,8 +47,9 @@ def available(dataset_path: str) -> list:
   store = os.path.join(os.path.dirname(dataset_path), STORE)
   if not os.path.isdir(store):
     return []
-  return sorted(n for n in os.listdir(store)
-                if os.path.exists(os.path.join(store, n, RECORD)))
+  return sorted(n for n in os.listdir(store)  # not a write in progress or left by a kill
+                if not n.startswith('.') and '.tmp' not in n
+                and os.path.exists(os.path.join(store, n, RECORD)))
 
 
 def write(dataset_path: str, name: str, soft_masks: np.ndarray, has_soft_mask: np.ndarray,
@@ -106,6 +107,7 @@ class WithPseudoLabels:
     with np.load(os.path.join(folder, ARRAYS)) as arrays:
       self.soft_mask, self.has_soft_mask = arrays['soft_mask'], arrays['has_soft_mask']
     if len(self.soft_mask) != len(source) or record.get('split') != source.split or (
+        record.get('dataset') != os.path.abspath(source.path)) or (
         tuple(self.soft_mask.shape[1:]) != tuple(source[0]['image'].shape)):
       raise ConfigError(
           f'pseudo-label set {name!r} in {folder} was made for {record.get("num_examples")} '

@@ -7,13 +7,18 @@ training), exported as 8-bit PNG and run through `mtl-jax predict` as a user
 would. Not CT: photographs and an MR slice shipped with matplotlib
 (mpl-data/sample_data), a terrain map, noise, flat and gradient images, and
 CT slices with a wrong window (narrow window: saturated; inverted). Each
-input's reconstruction error (report.json `ood.value`) is scored by:
-  pooled    the checkpoint's rule: above the 99th percentile of its pooled
-            reference (validation slices of all eval sources);
-  by_source log error above mean + k sd of *every* source's log error (a
-            slice counts as in distribution when any one source explains it).
-            False alarms are measured two-fold: each half of a source's
-            slices is scored with statistics fitted on the other half.
+input is scored by three rules:
+  pooled    reconstruction error above the 99th percentile of the
+            checkpoint's pooled reference (validation slices of all sources);
+  by_source log reconstruction error above mean + k sd of *every* source's
+            (a slice counts as in distribution when any one source explains it);
+  features  encoder feature statistics (mtl_jax/ood.py, what predict uses when
+            the checkpoint holds `ood_features`; computed here for checkpoints
+            that predate it): fitted on training slices, threshold at the
+            99th percentile of validation distances.
+False alarms on the validation slices are measured two-fold for by_source
+and features: each half is scored with a threshold (and, for by_source,
+statistics) set on the other half.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtl_jax import predict  # noqa: E402
+from mtl_jax import evaluation, ood, predict  # noqa: E402
 from mtl_jax.data import datasets  # noqa: E402
 
 
@@ -70,9 +75,12 @@ def non_ct_images(ct_examples, rng) -> dict:
           'CT, narrow window': narrow, 'CT, inverted': inverted}
 
 
-def predict_values(checkpoint, folder, predictor) -> list:
+def predict_values(checkpoint, folder, predictor) -> tuple:
+  """(reconstruction errors, pooled-rule flags, feature distances) of a folder's inputs."""
   reports = predict.run(checkpoint, folder, folder + '_out', predictor=predictor)
-  return [r['ood']['value'] for r in reports], [bool(r['ood']['flagged']) for r in reports]
+  oods = [r['ood'] for r in reports]
+  return ([o['value'] for o in oods], [o['value'] > o['threshold_value'] for o in oods],
+          [o['feature_distance'] for o in oods])
 
 
 def main(argv=None):
@@ -83,8 +91,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
   predictor = predict.Predictor(args.checkpoint)
   config = predictor.runtime.config
+  if not predictor.meta.get('ood_features'):  # a checkpoint from before mtl_jax/ood.py
+    predictor.meta['ood_features'] = evaluation.reference_features(predictor.runtime,
+                                                                   predictor.variables)
   rng = np.random.default_rng(0)
-  values, pooled_flags = {}, {}
+  values, pooled_flags, feature = {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     ct_examples = []
     for source in config.data.eval_sources:
@@ -95,14 +106,15 @@ def main(argv=None):
         _save(f'{tmp}/{source}/{i:05d}.png', image)
         if source in ('mosmed', 'covid19_ct_seg') and i % 50 == 0:
           ct_examples.append(image)
-      values[source], pooled_flags[source] = predict_values(
+      values[source], pooled_flags[source], feature[source] = predict_values(
           args.checkpoint, f'{tmp}/{source}', predictor)
     kinds = non_ct_images(ct_examples, rng)
     for kind, images in kinds.items():
       folder = f'{tmp}/non_ct_{kind.replace(" ", "_").replace(",", "")}'
       for i, image in enumerate(images):
         _save(f'{folder}/{i:03d}.png', image)
-      values[kind], pooled_flags[kind] = predict_values(args.checkpoint, folder, predictor)
+      values[kind], pooled_flags[kind], feature[kind] = predict_values(
+          args.checkpoint, folder, predictor)
   sources = list(config.data.eval_sources)
   logs = {s: np.log(np.asarray(values[s])) for s in sources}
 
@@ -111,26 +123,33 @@ def main(argv=None):
 
   full = {s: (logs[s].mean(), logs[s].std(ddof=1)) for s in sources}
   rows = []
+  dist = {name: np.asarray(v, np.float64) for name, v in feature.items()}
   for s in sources:
-    alarms = 0
+    alarms, feature_alarms = 0, 0
     for half in (0, 1):  # fit on one half of s (others whole), score the other
       fit = dict(full)
       held = logs[s][half::2]
       fit[s] = (logs[s][1 - half::2].mean(), logs[s][1 - half::2].std(ddof=1))
       alarms += int(np.sum(held > threshold(fit)))
-    rows.append((s, len(logs[s]), np.mean(pooled_flags[s]), alarms / len(logs[s])))
+      other = np.concatenate([dist[t][1 - half::2] for t in sources])
+      feature_alarms += int(np.sum(dist[s][half::2] >
+                                   np.percentile(other, ood.THRESHOLD_PERCENTILE)))
+    rows.append((s, len(logs[s]), np.mean(pooled_flags[s]), alarms / len(logs[s]),
+                 feature_alarms / len(logs[s])))
+  limit = predictor.meta['ood_features']['threshold']
   for kind in kinds:
     rows.append((kind, len(values[kind]), np.mean(pooled_flags[kind]),
-                 float(np.mean(np.log(values[kind]) > threshold(full)))))
+                 float(np.mean(np.log(values[kind]) > threshold(full))),
+                 float(np.mean(dist[kind] > limit))))
   print(f'checkpoint {args.checkpoint}; by_source rule: log MSE > max over sources of '
         f'(mean + {args.k:g} sd)\n')
-  print('| input | slices | flagged, pooled p99 (today) | flagged, by_source |')
-  print('|---|---|---|---|')
-  for name, n, pooled, by_source in rows:
-    print(f'| {name} | {n} | {pooled:.1%} | {by_source:.1%} |')
+  print('| input | slices | flagged: pooled recon p99 | by_source recon | encoder features |')
+  print('|---|---|---|---|---|')
+  for name, n, pooled, by_source, features in rows:
+    print(f'| {name} | {n} | {pooled:.1%} | {by_source:.1%} | {features:.1%} |')
   if args.out:
     with open(args.out, 'w') as f:
-      json.dump({'k': args.k, 'rows': rows, 'values': values,
+      json.dump({'k': args.k, 'rows': rows, 'values': values, 'feature_distances': feature,
                  'log_stats': {s: list(v) for s, v in full.items()}}, f, indent=1)
 
 

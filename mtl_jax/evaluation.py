@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from mtl_jax import jsonio, metrics_summary, parallel
+from mtl_jax import jsonio, metrics_summary, ood, parallel
 from mtl_jax import runtime as runtime_lib
 from mtl_jax.data import pipeline
 
@@ -99,6 +99,36 @@ def reference_recon_errors(runtime, predict, variables, num_examples: int = 256)
   return {'metric': 'per-slice reconstruction MSE', 'sources': list(sources),
           'split': 'validation', 'num_examples': int(errors.size),
           'percentiles': [float(v) for v in np.percentile(errors, np.arange(101))]}
+
+
+def _features(runtime, variables, split: str, source_name: str, limit: int) -> np.ndarray:
+  """Encoder feature statistics of a split's first `limit` slices (TFDS stores
+  a split's examples shuffled)."""
+  config = runtime.config
+  predict = runtime.predict_fn(extras=True)
+  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
+  local_batch = config.eval.batch_size // jax.process_count()
+  out = []
+  for local in pipeline.eval_batches(config, split, local_batch, source_name, shard,
+                                     limit):
+    images = parallel.global_batch({'image': local['image']}, runtime.mesh)['image']
+    features = parallel.to_host(predict(variables, images))['features']
+    valid = _host_batch(local, source_name)['valid'] > 0
+    out.append(np.asarray(features)[valid])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def reference_features(runtime, variables, num_fit: int = 256,
+                       num_calibration: int = 512) -> dict:
+  """The out-of-distribution reference stored with a checkpoint (mtl_jax/ood.py):
+  fitted on each training source's training slices, its threshold set on
+  the eval sources' validation slices (held out from both)."""
+  config = runtime.config
+  fit = {s: _features(runtime, variables, 'train', s, num_fit) for s in config.data.sources}
+  held = {s: _features(runtime, variables, 'validation', s, num_calibration)
+          for s in config.data.eval_sources}
+  reference = ood.calibrate(ood.fit(fit), held)
+  return dict(reference, split_fit='train', split_calibration='validation')
 
 
 def _host_batch(local: dict, source_name: str) -> dict:

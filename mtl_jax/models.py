@@ -164,7 +164,11 @@ class MultiTaskUNet(nn.Module):
     x = images.astype(self.dtype)
     skips, bottom = Encoder(self.widths, self.bottleneck, self.norm,
                             self.dtype, name='encoder')(x, train)
-    out = {}
+    # Per-channel spatial mean and spread at every encoder level: what the
+    # out-of-distribution score compares with the training data (mtl_jax/ood.py).
+    levels = [t.astype(jnp.float32) for t in list(skips) + [bottom]]
+    out = {'features': jnp.concatenate([jnp.mean(t, axis=(1, 2)) for t in levels]
+                                       + [jnp.std(t, axis=(1, 2)) for t in levels], -1)}
     for head in self.heads:
       out.update(head(self, bottom, skips, train))
     if self.uncertainty_weighting:

@@ -90,12 +90,14 @@ class Predictor:
     self._apply = self.runtime.predict_fn(self.tta, extras=True)
 
   def predict_batch(self, images: np.ndarray) -> dict:
-    """(B, S, S) model inputs -> numpy {'seg', 'cls_probs', 'recon_mse'} (tests patch this)."""
+    """(B, S, S) model inputs -> numpy {'seg', 'cls_probs', 'recon_mse', 'features'}
+    (tests patch this)."""
     batch = parallel.global_batch({'image': images}, self.runtime.mesh)['image']
     out = parallel.to_host(self._apply(self.variables, batch))
     seg = out.get('seg_class_probs' if self.multi else 'seg_prob')
     return {k: v for k, v in (('seg', seg), ('cls_probs', out.get('cls_probs')),
-                              ('recon_mse', out.get('recon_mse'))) if v is not None}
+                              ('recon_mse', out.get('recon_mse')),
+                              ('features', out.get('features'))) if v is not None}
 
   def predict_study(self, study: volume_io.Study, dest, save_probability=False,
                     reference_mask=None) -> dict:
@@ -109,6 +111,7 @@ class Predictor:
     prob = np.zeros(shape, np.uint8) if has_seg and save_probability else None
     cls = np.full((num, len(self.class_names)), np.nan, np.float32)
     recon = np.full(num, np.nan, np.float64)
+    features = [None] * num
     h, w = shape[1], shape[0]  # display rows (Y), columns (X)
     model_input = lambda k: self.replay.model_input(render(study.slice(k)))
     standardize, how = self.replay.standardizer(study, model_input)
@@ -127,13 +130,16 @@ class Predictor:
           cls[k] = out['cls_probs'][i]
         if 'recon_mse' in out:
           recon[k] = out['recon_mse'][i]
+        if 'features' in out:
+          features[k] = out['features'][i]
         if has_seg:
           seg = np.asarray(out['seg'][i], np.float32)
           p, lab = self.replay.back(seg, boxes[i], h, w)
           study.put_slice(labels, k, lab)
           if prob is not None:
             study.put_slice(prob, k, np.round(p * 255).astype(np.uint8))
-    rep = self._report(study, labels, cls, recon, rendering, render_warning)
+    rep = self._report(study, labels, cls, recon, rendering, render_warning,
+                       None if features[0] is None else np.stack(features))
     outputs = {}
     if has_seg:
       outputs['lesion_mask'] = volume_io.write_like_input(
@@ -156,11 +162,13 @@ class Predictor:
       print(f'mtl-jax predict: warning: {warning}', file=sys.stderr)
     return rep
 
-  def _report(self, study, labels, cls, recon, rendering, render_warning) -> dict:
+  def _report(self, study, labels, cls, recon, rendering, render_warning,
+              features=None) -> dict:
     lung_info, eligible = self._lungs(study, labels)
     return report.build(
         study, labels, cls, recon, lung_info, eligible, class_names=self.class_names,
         multi=self.multi, ood_reference=self.meta.get('ood_reference'),
+        features=features, ood_features=self.meta.get('ood_features'),
         render_warning=render_warning,
         checkpoint={'workdir': self.workdir, 'path': os.path.abspath(self.path),
                     'which': self.which, 'step': self.step, 'tasks': list(self.tasks)},

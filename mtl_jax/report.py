@@ -1,10 +1,11 @@
 """report.json (a versioned schema) and overview.png of `mtl-jax predict`.
 
-report.json, schema_version 1.1 (keys always present; null when not
+report.json, schema_version 1.2 (keys always present; null when not
 applicable, e.g. lung figures for an 8-bit input, classification for a
 model without a classifier):
 
-  schema_version      "1.1" (1.1: input.axes added; NIfTI spacing_mm in file order)
+  schema_version      "1.2" (1.1: input.axes added; NIfTI spacing_mm in file order;
+                      1.2: ood.rule and the encoder-feature score)
   tool, created       "mtl-jax predict", ISO-8601 UTC time
   input               path, kind (nifti|dicom|image), sha256 (of the file, or
                       of the chosen series' files in name order), series_uid,
@@ -27,8 +28,12 @@ model without a classifier):
   lungs               available, method, volume_ml {right, left, total},
                       involvement_percent {right, left, total}, notes, limitation
   severity            scale, rule, grade (CT-0..CT-4), involvement_percent
-  ood                 metric, value, percentile, threshold_percentile (99),
-                      flagged, reference {sources, split, num_examples}
+  ood                 flagged, rule ('encoder features' or 'reconstruction
+                      error'); feature_distance, feature_threshold (checkpoints
+                      with an `ood_features` reference, mtl_jax/ood.py: the rule
+                      then); metric, value, percentile, threshold_percentile
+                      (99), reference {sources, split, num_examples} (the
+                      reconstruction error, reported in any case)
   reference_mask      (batch mode with a mask column) path, dice, volume_ml
   outputs             file names in the output folder
   warnings            list of one-line warnings (also printed on stderr)
@@ -44,10 +49,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mtl_jax import jsonio
+from mtl_jax import ood as ood_lib
 from mtl_jax.data.features import SEG_CLASS_NAMES
 from mtl_jax.tasks import LESION_THRESHOLD
 
-SCHEMA_VERSION = '1.1'
+SCHEMA_VERSION = '1.2'
 OOD_THRESHOLD_PERCENTILE = 99
 SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
 SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '
@@ -163,7 +169,10 @@ def summary_line(name: str, rep: dict) -> str:
     parts.append(f'lesion {les["volume_ml"]:.1f} mL')
   if sev['involvement_percent'] is not None:
     parts.append(f'involvement {sev["involvement_percent"]:.1f}% {sev["grade"]}')
-  if ood and ood.get('percentile') is not None:
+  if ood and ood.get('feature_distance') is not None:
+    parts.append(f'OOD distance {ood["feature_distance"]:.1f} of '
+                 f'{ood["feature_threshold"]:.1f}' + (' FLAGGED' if ood['flagged'] else ''))
+  elif ood and ood.get('percentile') is not None:
     parts.append(f'OOD percentile {ood["percentile"]:.0f}' +
                  (' FLAGGED' if ood['flagged'] else ''))
   return ', '.join(parts)
@@ -208,7 +217,8 @@ def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
 
 
 def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, multi: bool,
-          ood_reference, render_warning, checkpoint: dict, preprocessing: dict) -> dict:
+          ood_reference, render_warning, checkpoint: dict, preprocessing: dict,
+          features=None, ood_features=None) -> dict:
   """report.json for one study (schema above).
 
   labels: uint8 lesion labels in the study's canonical order, or None (no
@@ -247,13 +257,24 @@ def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, 
       ood.update(ood_score(value, reference['percentiles']))
       ood['reference'] = {k: reference.get(k)
                           for k in ('sources', 'split', 'num_examples')}
-      if ood['flagged']:
+      if ood['flagged'] and not ood_features:
         warnings.append(f'{study.path}: out of distribution: reconstruction error '
                         f'at percentile {ood["percentile"]:.1f} of held-out training-like slices '
                         f'(above the {OOD_THRESHOLD_PERCENTILE}th); the '
                         'input may not be a chest CT like the training data')
     else:
       ood['note'] = 'checkpoint has no OOD reference (ood_reference)'
+    ood['rule'] = 'reconstruction error'
+  if features is not None and ood_features:
+    ood = ood or {}
+    ood.update(rule='encoder features', **ood_lib.score(
+        features[eligible] if eligible.any() else features, ood_features))
+    if ood['flagged']:
+      warnings.append(f'{study.path}: out of distribution: encoder feature distance '
+                      f'{ood["feature_distance"]:.1f} to the nearest training source is '
+                      f'above {ood["feature_threshold"]:.1f} (the 99th percentile of '
+                      'held-out training-like slices); the input may not be a chest CT '
+                      'like the training data')
   lesion = None
   if labels is not None:
     lesion = {'threshold': LESION_THRESHOLD if not multi else 'argmax',

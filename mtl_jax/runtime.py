@@ -40,6 +40,7 @@ class Runtime:
     self.batch_sharded = parallel.batch_sharded(self.mesh)
     key = jax.random.key(0)
     self.abstract_variables = jax.eval_shape(self.init_variables, key, key)
+    self._predict_fns = {}
 
   @property
   def image_size(self) -> int:
@@ -57,8 +58,9 @@ class Runtime:
     """(variables, images (B, S, S)) -> every task's predictions, unjitted.
 
     `extras` adds what `predict` reports: per-class segmentation
-    probabilities (`seg_class_probs`, multi-class models) and each slice's
-    reconstruction error (`recon_mse`). `tta` averages the segmentation and
+    probabilities (`seg_class_probs`, multi-class models), each slice's
+    reconstruction error (`recon_mse`) and encoder feature statistics
+    (`features`, for the out-of-distribution score). `tta` averages the segmentation and
     class probabilities with those of the left-right flipped slice; label
     maps are then re-derived from the averaged probabilities by the caller.
     """
@@ -73,6 +75,8 @@ class Runtime:
       if extras and multi:
         predictions['seg_class_probs'] = jax.nn.softmax(
             outputs['seg_logits'].astype(jnp.float32), axis=-1)
+      if extras:
+        predictions['features'] = outputs['features']
       return predictions
 
     def apply(variables, images):
@@ -90,10 +94,13 @@ class Runtime:
     return apply
 
   def predict_fn(self, tta: bool = False, extras: bool = False):
-    """`apply_fn` jitted over the mesh: variables replicated, batch sharded."""
-    return jax.jit(self.apply_fn(tta, extras),
-                   in_shardings=(self.replicated, self.batch_sharded),
-                   out_shardings=self.batch_sharded)
+    """`apply_fn` jitted over the mesh: variables replicated, batch sharded
+    (one per setting, so repeated calls reuse its compilation)."""
+    if (tta, extras) not in self._predict_fns:
+      self._predict_fns[tta, extras] = jax.jit(
+          self.apply_fn(tta, extras), in_shardings=(self.replicated, self.batch_sharded),
+          out_shardings=self.batch_sharded)
+    return self._predict_fns[tta, extras]
 
   def summary(self) -> str:
     size = self.image_size

@@ -269,7 +269,9 @@ def _run(config, workdir, trainer, built, interrupt_at_step):
           history.append(workdir, step, scalars)
         outcome = ckpt.update_best(step, state, lambda: dict(
             meta_at(step), ood_reference=evaluation.reference_recon_errors(
-                trainer.runtime, trainer.predict, variables_of(state))), results)
+                trainer.runtime, trainer.predict, variables_of(state)),
+            ood_features=evaluation.reference_features(trainer.runtime,
+                                                       variables_of(state))), results)
         if outcome == 'revalidated':
           logging.info('best/%d re-validated by the replay: kept', step)
         elif outcome == 'undefined':

@@ -322,6 +322,10 @@ def test_end_to_end_report_schema_with_cli(model_dir, tmp_path, capsys):
   assert rep['severity']['grade'] == report.severity_grade(
       lung['involvement_percent']['total'])
   assert rep['ood']['percentile'] is not None
+  # Checkpoints now carry the encoder-feature reference (mtl_jax/ood.py): it decides.
+  assert rep['ood']['rule'] == 'encoder features'
+  assert rep['ood']['flagged'] == (rep['ood']['feature_distance'] >
+                                   rep['ood']['feature_threshold'])
   for name in ('lesion_mask.nii.gz', 'lesion_probability.nii.gz'):
     image = nib.load(str(out / name))
     assert image.shape == stored.shape

@@ -80,6 +80,9 @@ def test_pseudo_label_command_then_a_student(model_dir, tiny_config, private_dat
   resumed, straight, results = _train_interrupted_and_straight(tiny_config, tmp_path,
                                                                'student')
   _assert_equal_trees(resumed, straight)
+  meta, _ = checkpointing.read_meta(str(tmp_path / 'student_straight'), 'latest')
+  provenance = meta['preprocessing']['built']['synthetic_ct']['pseudo_labels']
+  assert provenance['teacher_step'] == 2 and provenance['num_examples'] == len(source)
   # Pseudo labels never reach evaluation: Dice counts the validation masks only.
   validation = datasets.load_split('synthetic_ct', 'validation', private_data, 64)
   masked = sum(float(validation[k]['has_mask']) > 0

@@ -122,6 +122,8 @@ def check_built(config) -> dict:
                       'built with pseudo labels (mtl-jax build-data covid19_ct_seg '
                       '--use_pseudo_masks) or given a label set (mtl-jax pseudo-label, '
                       'then --config.data.pseudo_labels=SET)')
+  for source, record in pseudo_label_records(config).items():
+    records[source] = dict(records[source], pseudo_labels=record)
   kinds = {k for r in records.values() for k in (r.get('input_kinds') or ())}
   if kinds and data.input_kind not in kinds:
     raise ConfigError(f'config.data.input_kind={data.input_kind!r} but the built sources '
@@ -146,6 +148,15 @@ def _check_pseudo_label_sets(config) -> list:
   for source in labelled:
     training_split(config, source)  # a stale set is a one-line error now, not mid-run
   return labelled
+
+
+def pseudo_label_records(config) -> dict:
+  """{source: its label set's record} for `data.pseudo_labels` (kept with the
+  checkpoint: which teacher and step made the targets a student learnt from)."""
+  name = config.data.pseudo_labels
+  return {source: pseudo_labels.read_record(_built_path(config, source), name)
+          for source in (config.data.sources if name else ())
+          if name in pseudo_labels.available(_built_path(config, source))}
 
 
 def _built_path(config, name: str) -> str:

@@ -21,8 +21,8 @@ from mtl_jax import runtime as runtime_lib
 from mtl_jax.data import pipeline
 
 
-def _run(runtime, predict, variables, split, source_name, max_examples, accumulator_sets):
-  """Feed one source's split through the model into every accumulator set."""
+def _predictions(runtime, predict, variables, split, source_name, max_examples):
+  """(host predictions, host batch) for each sharded, padded batch of a split."""
   config = runtime.config
   parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size',
                             num_devices=runtime.mesh.size)
@@ -31,8 +31,13 @@ def _run(runtime, predict, variables, split, source_name, max_examples, accumula
   for local in pipeline.eval_batches(config, split, local_batch, source_name,
                                      shard, max_examples):
     images = parallel.global_batch({'image': local['image']}, runtime.mesh)['image']
-    predictions = parallel.to_host(predict(variables, images))
-    host_batch = _host_batch(local, source_name)
+    yield parallel.to_host(predict(variables, images)), _host_batch(local, source_name)
+
+
+def _run(runtime, predict, variables, split, source_name, max_examples, accumulator_sets):
+  """Feed one source's split through the model into every accumulator set."""
+  for predictions, host_batch in _predictions(runtime, predict, variables, split,
+                                              source_name, max_examples):
     for accumulators in accumulator_sets:
       for name, accumulator in accumulators.items():
         runtime.tasks[name].update(accumulator, predictions, host_batch)
@@ -104,17 +109,9 @@ def reference_recon_errors(runtime, predict, variables, num_examples: int = 256)
 def _features(runtime, variables, split: str, source_name: str, limit: int) -> np.ndarray:
   """Encoder feature statistics of a split's first `limit` slices (TFDS stores
   a split's examples shuffled)."""
-  config = runtime.config
-  predict = runtime.predict_fn(extras=True)
-  shard = pipeline.ProcessShard(jax.process_index(), jax.process_count())
-  local_batch = config.eval.batch_size // jax.process_count()
-  out = []
-  for local in pipeline.eval_batches(config, split, local_batch, source_name, shard,
-                                     limit):
-    images = parallel.global_batch({'image': local['image']}, runtime.mesh)['image']
-    features = parallel.to_host(predict(variables, images))['features']
-    valid = _host_batch(local, source_name)['valid'] > 0
-    out.append(np.asarray(features)[valid])
+  out = [np.asarray(predictions['features'])[host_batch['valid'] > 0]
+         for predictions, host_batch in _predictions(
+             runtime, runtime.predict_fn(extras=True), variables, split, source_name, limit)]
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

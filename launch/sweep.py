@@ -174,6 +174,7 @@ def run_plan(args) -> int:
     print(f'sweep: error: {e}', file=sys.stderr)
     return 2
   report = (f'## {plan["name"]} ({plan["split"]}, {len(rows)} of {len(todo)} runs)\n\n'
+            + ablation.describe_arms(plan) + '\n\n'
             + ablation.summary_table(plan, rows) + '\n\n'
             + ablation.paired_table(plan, rows) + '\n')
   if missing:

@@ -1,7 +1,8 @@
 """A named plan of runs (arms x seeds): its commands, its state, and its results.
 
-A plan (`configs/ablation.py`) names a base config file, arms (a preset of
-it each), seeds and overrides shared by every run. Run `ARM` with seed `S`
+A plan (`configs/ablation.py`, `configs/quality.py`) names a base config
+file, arms (a preset of it each, optionally with the arm's own overrides),
+seeds and overrides shared by every run. Run `ARM` with seed `S`
 lives in `ROOT/ARM/seed_S`; `ROOT/plan.json` records the plan, so a root is
 never shared by two plans. Running is re-entrant: a finished run (trained to
 its last step and evaluated) is skipped, an unfinished one resumes.
@@ -46,7 +47,12 @@ def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> d
   """The plan of `spec` (FILE.py[:ARG]) as a plain dict, narrowed to `arms`/`seeds`
   ('a,b' / '0,1'); an unknown arm or seed is a one-line error naming the valid ones."""
   plan = config_loader.load_config(spec).to_dict()
-  plan['arms'] = {arm: preset for arm, preset in plan['arms']}
+  plan['arm_overrides'] = {}
+  presets = {}
+  for arm, preset, *own in plan['arms']:  # (arm, preset[, ((key, value), ...)])
+    presets[arm] = preset
+    plan['arm_overrides'][arm] = {key: value for key, value in (own[0] if own else ())}
+  plan['arms'] = presets
   plan['overrides'] = {key: value for key, value in plan['overrides']}
   plan['seeds'] = [int(s) for s in plan['seeds']]
   if arms:
@@ -56,6 +62,7 @@ def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> d
       raise ConfigError(f'--arms {arms!r}: unknown arm(s) {unknown}; valid arms of '
                         f'{plan["name"]}: {", ".join(plan["arms"])}')
     plan['arms'] = {a: plan['arms'][a] for a in chosen}
+    plan['arm_overrides'] = {a: plan['arm_overrides'][a] for a in chosen}
   if seeds:
     try:
       chosen = [int(s) for s in seeds.split(',') if s.strip()]
@@ -76,9 +83,24 @@ def runs(plan: dict, root: str) -> list[Run]:
           for seed in plan['seeds'] for arm in plan['arms']]
 
 
+def run_overrides(plan: dict, arm: str) -> dict:
+  """{key: value} set on every run of `arm`: the plan's, then the arm's own."""
+  return {**plan['overrides'], **plan.get('arm_overrides', {}).get(arm, {})}
+
+
 def overrides(plan: dict, run: Run, extra: dict | None = None) -> list[str]:
-  values = {**plan['overrides'], **(extra or {}), 'seed': run.seed}
+  values = {**run_overrides(plan, run.arm), **(extra or {}), 'seed': run.seed}
   return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def describe_arms(plan: dict) -> str:
+  """One Markdown line per arm: what it trains (config preset and overrides)."""
+  lines = []
+  for arm, preset in plan['arms'].items():
+    own = plan.get('arm_overrides', {}).get(arm) or {}
+    extra = ''.join(f' `{k}={v}`' for k, v in own.items())
+    lines.append(f'- **{arm}**: `{plan["config"]}:{preset}`{extra}')
+  return '\n'.join(lines)
 
 
 def commands(plan: dict, run: Run, mtl_jax: str = 'mtl-jax', launcher: str = '',
@@ -133,7 +155,13 @@ def claim_root(plan: dict, root: str):
 
 
 def _record(plan: dict) -> dict:
-  return {k: plan[k] for k in ('name', 'config', 'arms', 'seeds', 'overrides', 'split')}
+  record = {k: plan[k] for k in ('name', 'config', 'arms', 'seeds', 'overrides', 'split')}
+  # An arm with its own overrides is recorded with them, so that changing
+  # them later is "another plan" for this root.
+  record['arms'] = {arm: ({'preset': preset, 'overrides': plan['arm_overrides'][arm]}
+                          if plan.get('arm_overrides', {}).get(arm) else preset)
+                    for arm, preset in plan['arms'].items()}
+  return record
 
 
 def foreign_folders(plan: dict, root: str) -> list[str]:
@@ -157,7 +185,7 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
       expected = config_loader.load_config(f'{plan["config"]}:{plan["arms"][arm]}',
                                            overrides(plan, Run(arm, int(name[5:]), workdir)))
       differ = [k for k in ('preset', 'seed') if saved.get(k) != expected.get(k)]
-      differ += [k for k in plan['overrides']
+      differ += [k for k in run_overrides(plan, arm)
                  if _lookup(saved, k) != _lookup(expected.to_dict(), k)]
       if differ:
         foreign.append(f'{arm}/{name} ({", ".join(differ)} differ)')

@@ -87,3 +87,43 @@ def test_dry_run_prints_a_slurm_array_and_a_tpu_loop(tmp_path):
   assert '#SBATCH --array=0-3' in result.stdout
   assert result.stdout.count('gcloud compute tpus tpu-vm ssh') == 4
   assert '--config.seed=1' in result.stdout
+
+
+def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp_path):
+  """configs/quality.py: an arm is a preset plus its own overrides (the
+  pseudo-mask data and weight); they reach its commands, the root's record and
+  the check that refuses runs made with other settings."""
+  from mtl_jax import ablation, config_loader  # pylint: disable=g-import-not-at-top
+  from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
+  root = str(tmp_path / 'quality')
+  base, pseudo = [r for r in ablation.runs(plan, root) if r.seed == 0]
+  train_base = ablation.commands(plan, base)[0]
+  train_pseudo = ablation.commands(plan, pseudo)[0]
+  assert '--config.data.data_dir=data_pseudo' in train_pseudo
+  assert '--config.loss.pseudo_weight=0.5' in train_pseudo
+  assert not any('pseudo' in arg for arg in train_base)
+  assert 'data.data_dir=data_pseudo' in ablation.describe_arms(plan)
+
+  ablation.claim_root(plan, root)
+  recorded = json.loads((tmp_path / 'quality' / 'plan.json').read_text())
+  assert recorded['arms']['pseudo_masks']['overrides']['loss.pseudo_weight'] == 0.5
+  assert recorded['arms']['base'] == 'cpu'
+  changed = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
+  changed['arm_overrides']['pseudo_masks']['loss.pseudo_weight'] = 1.0
+  with pytest.raises(ConfigError, match='arm pseudo_masks'):
+    ablation.claim_root(changed, root)
+  # Narrowed to one arm, the same root is still this plan's.
+  ablation.claim_root(ablation.load_plan(str(REPO / 'configs' / 'quality.py'), 'base'), root)
+
+  # A pseudo_masks run trained without the arm's weight is someone else's run.
+  for run, weight in ((pseudo, 0.5), (ablation.Run('pseudo_masks', 1, os.path.join(
+      root, 'pseudo_masks', 'seed_1')), 0.0)):
+    config = config_loader.load_config(
+        f'{plan["config"]}:cpu', ablation.overrides(plan, run)[:-1] + [
+            f'--config.seed={run.seed}', f'--config.loss.pseudo_weight={weight}'])
+    os.makedirs(run.workdir)
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+      json.dump(config.to_dict(), f)
+  assert ablation.foreign_folders(plan, root) == [
+      'pseudo_masks/seed_1 (loss.pseudo_weight differ)']

@@ -12,6 +12,11 @@ Arms that need prepared data (see README "Quality from little data"):
 - `pseudo_masks`: the Inf-Net soft masks built into `data_pseudo/`
   (`mtl-jax build-data covid19_ct_seg --data_dir data_pseudo --use_pseudo_masks`,
   the other sources linked from `data/`).
+
+Two-stage arms: `pretrain` is the self-supervised stage (masked-patch
+in-painting, `real.py:cpu,pretrain`, 1000 steps; only its reconstruction is
+comparable with `base`); `pretrained` is `base` started from the same seed's
+`pretrain` run. Together ~100 min per seed on the 2-core CPU.
 """
 
 import ml_collections
@@ -22,6 +27,8 @@ ARMS = (
     ('base', 'cpu'),
     ('pseudo_masks', 'cpu', (('data.data_dir', PSEUDO_DATA_DIR),
                              ('loss.pseudo_weight', 0.5))),
+    ('pretrain', 'cpu,pretrain'),
+    ('pretrained', 'cpu', (('init_from', '{root}/pretrain/seed_{seed}'),)),
 )
 
 

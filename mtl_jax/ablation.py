@@ -89,7 +89,14 @@ def run_overrides(plan: dict, arm: str) -> dict:
 
 
 def overrides(plan: dict, run: Run, extra: dict | None = None) -> list[str]:
+  """--config flags of one run. A string value may name another run of the
+  plan with `{root}` and `{seed}` (a fine-tuning arm's
+  `init_from={root}/pretrain/seed_{seed}`): arms run in order within a seed,
+  so the stage it starts from has run first."""
+  root = os.path.dirname(os.path.dirname(run.workdir))
   values = {**run_overrides(plan, run.arm), **(extra or {}), 'seed': run.seed}
+  values = {k: v.format(root=root, seed=run.seed) if isinstance(v, str) else v
+            for k, v in values.items()}
   return [f'--config.{k}={v}' for k, v in values.items()]
 
 

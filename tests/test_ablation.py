@@ -97,7 +97,10 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   plan = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
   root = str(tmp_path / 'quality')
-  base, pseudo = [r for r in ablation.runs(plan, root) if r.seed == 0]
+  base, pseudo, pretrain, pretrained = [r for r in ablation.runs(plan, root) if r.seed == 0]
+  assert (pretrain.arm, pretrained.arm) == ('pretrain', 'pretrained')  # stage first
+  later = ablation.Run('pretrained', 1, os.path.join(root, 'pretrained', 'seed_1'))
+  assert f'--config.init_from={root}/pretrain/seed_1' in ablation.commands(plan, later)[0]
   train_base = ablation.commands(plan, base)[0]
   train_pseudo = ablation.commands(plan, pseudo)[0]
   assert '--config.data.data_dir=data_pseudo' in train_pseudo

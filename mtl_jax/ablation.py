@@ -264,7 +264,8 @@ def summary_table(plan: dict, rows: list[dict]) -> str:
       if not values:
         cells.append('-')
         continue
-      cell = f'{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}'
+      spread = f'{np.std(values, ddof=1):.3f}' if len(values) > 1 else '- (1 seed)'
+      cell = f'{np.mean(values):.3f} ± {spread}'
       cis = [r[key + '_ci95'] for r in rows if r['arm'] == arm and r.get(key + '_ci95')]
       if cis:
         cell += f' [{np.mean([c[0] for c in cis]):.3f}, {np.mean([c[1] for c in cis]):.3f}]'

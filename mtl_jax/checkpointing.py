@@ -347,3 +347,30 @@ def check_compatible(saved_config: dict, config_dict: dict, workdir: str):
     raise CheckpointError(
         f'{workdir} holds a checkpoint of an incompatible config ('
         + '; '.join(diffs) + '); use a new --workdir or the same config')
+
+
+def check_same_data(saved_meta: dict, built: dict, workdir: str):
+  """Refuse to resume on training data other than the run started on.
+
+  `built` is {source: the builders' record (+ its pseudo-label set's record:
+  teacher, step, counts)} now; the checkpoint kept the same when it was
+  written. Rebuilt sources, or a label set remade under the same name, would
+  change a resumed run's targets silently from its resume step on.
+  Checkpoints written before records were kept are not checked.
+  """
+  saved = (saved_meta.get('preprocessing') or {}).get('built')
+  if not saved:
+    return
+  diffs = []
+  for source in sorted(set(saved) & set(built)):
+    old, new = saved[source] or {}, built[source] or {}
+    keys = [k for k in sorted(set(old) | set(new))
+            if json.dumps(old.get(k), sort_keys=True, default=list)
+            != json.dumps(new.get(k), sort_keys=True, default=list)]
+    if keys:
+      diffs.append(f'{source}: {", ".join(keys)}')
+  if diffs:
+    raise CheckpointError(
+        f'{workdir} was trained on other data than is built now ('
+        + '; '.join(diffs) + '): resuming would change its targets mid-run; restore '
+        'that data (or label set) or start a new --workdir')

@@ -199,6 +199,7 @@ def _run(config, workdir, trainer, built, interrupt_at_step):
     if checkpointing.select_step(workdir, which) is not None:
       saved, _ = checkpointing.read_meta(workdir, which)
       checkpointing.check_compatible(saved['config'], config_dict, workdir)
+      checkpointing.check_same_data(saved, built, workdir)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
                                     config.train.best_metric)
   try:

@@ -89,6 +89,16 @@ def test_pseudo_label_command_then_a_student(model_dir, tiny_config, private_dat
                for k in range(min(len(validation), tiny_config.eval.max_examples)))
   assert results['num_seg_examples'] == masked
 
+  # The set remade under the same name (another teacher) while a student is
+  # stopped mid-run: resuming would change its targets, so it is refused.
+  stopped = str(tmp_path / 'student_stopped')
+  train.train_and_evaluate(tiny_config, stopped, interrupt_at_step=3)
+  soft = np.stack([labelled[k]['soft_mask'] for k in range(len(source))])
+  pseudo_labels.write(source.path, 'round1', soft, has_mask == 0, None,
+                      {'teacher': 'another run', 'teacher_step': 7})
+  with pytest.raises(errors.CheckpointError, match='synthetic_ct: pseudo_labels'):
+    train.train_and_evaluate(tiny_config, stopped)
+
 
 def test_pseudo_label_sets_bad_input(model_dir, tiny_config, private_data, capsys):
   tiny_config.data.pseudo_labels = 'nope'

@@ -88,10 +88,13 @@ def main(argv=None):
   parser.add_argument('--checkpoint', required=True)
   parser.add_argument('--k', type=float, default=3.0)
   parser.add_argument('--out', default=None)
+  parser.add_argument('--refit', action='store_true',
+                      help="refit the checkpoint's feature reference with this code's "
+                           'mtl_jax/ood.py (as a checkpoint saved now would have it)')
   args = parser.parse_args(argv)
   predictor = predict.Predictor(args.checkpoint)
   config = predictor.runtime.config
-  if not predictor.meta.get('ood_features'):  # a checkpoint from before mtl_jax/ood.py
+  if args.refit or not predictor.meta.get('ood_features'):  # or from before mtl_jax/ood.py
     predictor.meta['ood_features'] = evaluation.reference_features(predictor.runtime,
                                                                    predictor.variables)
   rng = np.random.default_rng(0)

@@ -13,6 +13,17 @@ Arms that need prepared data (see README "Quality from little data"):
   (`mtl-jax build-data covid19_ct_seg --data_dir data_pseudo --use_pseudo_masks`,
   the other sources linked from `data/`).
 
+- `self_training`: a label set made by the same seed's `pseudo_masks` run
+  (the teacher) on every unmasked COVID-19-CT-Seg training slice, before the
+  student runs: `mtl-jax pseudo-label --checkpoint
+  runs/quality/pseudo_masks/seed_S --dataset covid19_ct_seg --data_dir data
+  --name round1_seed_S`. The student reads the teacher's masks only (data/,
+  not the Inf-Net masks of data_pseudo/). Without the set the run stops with
+  a one-line error and the sweep goes on.
+- `resize_256`: every source built at 256 px as well (`mtl-jax build-data
+  NAME --data_dir data --image_size 256`); 2750 steps on slices downsized to
+  128 px, the last 250 (and every evaluation) at 256 (~100 min).
+
 Two-stage arms: `pretrain` is the self-supervised stage (masked-patch
 in-painting, `real.py:cpu,pretrain`, 1000 steps; only its reconstruction is
 comparable with `base`); `pretrained` is `base` started from the same seed's
@@ -29,6 +40,10 @@ ARMS = (
                              ('loss.pseudo_weight', 0.5))),
     ('pretrain', 'cpu,pretrain'),
     ('pretrained', 'cpu', (('init_from', '{root}/pretrain/seed_{seed}'),)),
+    ('self_training', 'cpu', (('data.pseudo_labels', 'round1_seed_{seed}'),
+                              ('loss.pseudo_weight', 0.5))),
+    ('resize_256', 'cpu', (('data.image_size', 256),
+                           ('data.train_size_schedule', '((128, 2750),)'))),
 )
 
 

@@ -204,7 +204,7 @@ def _lookup(tree: dict, dotted: str):
     if not isinstance(tree, dict) or key not in tree:
       return None
     tree = tree[key]
-  return list(tree) if isinstance(tree, tuple) else tree
+  return json.loads(json.dumps(tree, default=list))  # tuples as config.json holds them
 
 
 def collect(plan: dict, root: str) -> tuple[list[dict], list[str]]:

@@ -97,7 +97,8 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   plan = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
   root = str(tmp_path / 'quality')
-  base, pseudo, pretrain, pretrained = [r for r in ablation.runs(plan, root) if r.seed == 0]
+  base, pseudo, pretrain, pretrained, *_ = [r for r in ablation.runs(plan, root)
+                                            if r.seed == 0]
   assert (pretrain.arm, pretrained.arm) == ('pretrain', 'pretrained')  # stage first
   later = ablation.Run('pretrained', 1, os.path.join(root, 'pretrained', 'seed_1'))
   assert f'--config.init_from={root}/pretrain/seed_1' in ablation.commands(plan, later)[0]
@@ -128,5 +129,11 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
     os.makedirs(run.workdir)
     with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
       json.dump(config.to_dict(), f)
+  # A tuple-valued override (progressive resizing) matches config.json's lists.
+  resized = ablation.Run('resize_256', 0, os.path.join(root, 'resize_256', 'seed_0'))
+  os.makedirs(resized.workdir)
+  with open(os.path.join(resized.workdir, 'config.json'), 'w') as f:
+    f.write(config_loader.to_json(config_loader.load_config(
+        f'{plan["config"]}:cpu', ablation.overrides(plan, resized))))
   assert ablation.foreign_folders(plan, root) == [
       'pseudo_masks/seed_1 (loss.pseudo_weight differ)']

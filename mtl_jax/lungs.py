@@ -2,7 +2,7 @@
 
 `segment_lungs(hu, spacing)` works on a volume in canonical RAS order (index
 X grows towards the patient's right, Y anterior, Z superior), as
-`mtl_jax.data.readers.read_nifti` / `read_dicom_series` return it:
+`mtl_jax.data.volume_readers.read_nifti` / `read_dicom_series` return it:
 
 1. Per axial slice: the body is the largest component above -320 HU with its
    holes filled; air-like voxels (< -320 HU) inside it, in components that

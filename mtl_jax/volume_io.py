@@ -5,9 +5,9 @@ One study is a NIfTI volume (.nii/.nii.gz), a DICOM series (a folder, or one
 inputs or a CSV with columns `input[,mask]` (batch mode: one output folder
 each). A folder holding DICOM files beside images or volumes is refused, not
 guessed at: predicting the images would silently drop the series. Reading
-reuses `mtl_jax.data.readers` (the dataset builders' readers), so prediction
-sees volumes exactly as training did: canonical RAS order, HU
-from RescaleSlope/Intercept, colour photographs refused.
+reuses `mtl_jax.data.readers` and `volume_readers` (the dataset builders'
+readers), so prediction sees volumes exactly as training did: canonical RAS
+order, HU from RescaleSlope/Intercept, colour photographs refused.
 
 Added here (readers has no such functions): picking one series out of a
 folder holding several (the CT series with the most slices, or `--series
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from mtl_jax import jsonio
-from mtl_jax.data import readers, tables, validate
+from mtl_jax.data import readers, tables, validate_dicom, volume_readers
 from mtl_jax.errors import BadInputError, InputNotFoundError
 
 MARKERS = ('report.json', 'batch_summary.json')  # an earlier predict output
@@ -124,7 +124,7 @@ def discover(path) -> tuple[bool, list]:
     inputs = [e for e in entries if e.is_dir() or readers.is_nifti(e) or _is_image(e)]
     if not inputs:  # only plain files: one DICOM series
       return False, [Item(path, path.name)]
-    dicom = [e for e in entries if e not in inputs and validate.looks_like_dicom(e)]
+    dicom = [e for e in entries if e not in inputs and validate_dicom.looks_like_dicom(e)]
     if dicom:  # which one did the user mean? Never drop a series silently.
       raise BadInputError(f'folder mixes {_count(len(dicom), "DICOM file")} and '
                           f'{_kinds(inputs)}; give one series folder, or a folder of '
@@ -174,7 +174,7 @@ def _raw_shape(path):
   None: unknown (a DICOM series)."""
   path = pathlib.Path(path)
   if readers.is_nifti(path):
-    return readers.nifti_header(path)[1]
+    return volume_readers.nifti_header(path)[1]
   if _is_image(path):
     return readers.image_shape(path)
   return None
@@ -214,14 +214,14 @@ def read_study(path, series: str | None = None) -> Study:
 
 def _read_nifti(path) -> Study:
   import nibabel as nib  # pylint: disable=g-import-not-at-top
-  header, voxels = readers.load_nifti(path)
+  header, voxels = volume_readers.load_nifti(path)
   input_affine = header.get_best_affine()
-  volume, spacing, affine = readers.canonical(voxels, input_affine, path)
+  volume, spacing, affine = volume_readers.canonical(voxels, input_affine, path)
   del voxels
   ornt = nib.orientations.io_orientation(input_affine)
   to_input = nib.orientations.ornt_transform(
       nib.orientations.axcodes2ornt(('R', 'A', 'S')), ornt)
-  return Study(str(path), 'nifti', volume, readers.intensity_kind(volume, path),
+  return Study(str(path), 'nifti', volume, volume_readers.intensity_kind(volume, path),
                spacing, affine, tuple(header.get_data_shape()), input_affine,
                to_input, _sha256([path]), header=header)
 
@@ -237,20 +237,20 @@ def _read_dicom(path, files, series) -> Study:
     raise BadInputError(f'empty DICOM folder ({EXPECTED})', path)
   by_series, modality, problems = {}, {}, {}
   for f in files:
-    if f.exists() and not validate.looks_like_dicom(f):
+    if f.exists() and not validate_dicom.looks_like_dicom(f):
       continue
     try:
-      ds = validate.dicom_file(readers.require_file(f), header_only=True)
-      if validate.is_dicomdir(ds):
+      ds = validate_dicom.dicom_file(readers.require_file(f), header_only=True)
+      if validate_dicom.is_dicomdir(ds):
         continue
-      uid = validate.dicom_series_uid(ds, f)
-      modality[uid] = validate.text(ds, 'Modality', f, required=False)
+      uid = validate_dicom.dicom_series_uid(ds, f)
+      modality[uid] = validate_dicom.text(ds, 'Modality', f, required=False)
     except BadInputError as e:
       problems[f] = f'{f.name}: {e.reason}'
       continue
     by_series.setdefault(uid, []).append(f)
   if problems and not by_series:
-    raise readers.problems_error('bad DICOM files', list(problems.values()), path)
+    raise volume_readers.problems_error('bad DICOM files', list(problems.values()), path)
   if not by_series:
     raise BadInputError(f'not an image or volume: no DICOM image files ({EXPECTED})',
                         path)
@@ -270,7 +270,8 @@ def _read_dicom(path, files, series) -> Study:
   chosen = sorted(by_series[uid])
   # A file that could not be read may be a slice of this series: read it with
   # the series, so that its problem is reported together with any others.
-  volume, spacing, affine = readers.read_dicom_files(sorted(chosen + list(problems)), path)
+  volume, spacing, affine = volume_readers.read_dicom_files(
+      sorted(chosen + list(problems)), path)
   return Study(str(path), 'dicom', volume, 'hu', spacing, affine, volume.shape,
                affine, None, _sha256(chosen), series_uid=uid)
 
@@ -284,8 +285,8 @@ def read_mask_like(study: Study, path) -> np.ndarray:
       raise BadInputError(f'mask shape {mask.shape} does not match input shape '
                           f'{study.input_shape}', path)
     return (np.ascontiguousarray(mask[::-1, ::-1].T)[:, :, None] > 0).astype(np.uint8)
-  data, _, affine = readers.read_volume(path)
-  if not readers.same_geometry(data.shape, affine, study.volume.shape, study.affine):
+  data, _, affine = volume_readers.read_volume(path)
+  if not volume_readers.same_geometry(data.shape, affine, study.volume.shape, study.affine):
     raise BadInputError(f'mask geometry {data.shape} does not match volume '
                         f'{study.volume.shape} (shape and affine must agree)', path)
   return (readers.map_labels(data, 'nonzero', path) > 0).astype(np.uint8)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtl_jax.data import features, preprocess, readers
+from mtl_jax.data import features, preprocess, readers, volume_readers
 from mtl_jax.errors import ConfigError
 from mtl_jax.data.readers import BadInputError
 
@@ -324,19 +324,20 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
       if self.MASK_SOFT:
         return Loaded(img, None, None, [0], '8bit', soft=masks)
       return Loaded(img, masks, None, [0], '8bit')
-    volume, spacing, affine = readers.read_volume(image)
-    kind = readers.intensity_kind(volume, image)
+    volume, spacing, affine = volume_readers.read_volume(image)
+    kind = volume_readers.intensity_kind(volume, image)
     masks = None
     if mask is not None:
-      mvol, _, maffine = readers.read_volume(mask)
-      if not readers.same_geometry(volume.shape, affine, mvol.shape, maffine):
+      mvol, _, maffine = volume_readers.read_volume(mask)
+      if not volume_readers.same_geometry(volume.shape, affine, mvol.shape, maffine):
         raise BadInputError(f'mask geometry {mvol.shape} does not match volume '
                             f'{volume.shape} ({image.name}: shape and affine '
                             'must agree)', mask)
-      masks = readers.axial_slices(readers.map_labels(mvol, self.VOLUME_MASK_MAP, mask))
+      masks = volume_readers.axial_slices(
+          readers.map_labels(mvol, self.VOLUME_MASK_MAP, mask))
     scaled = (preprocess.window_hu(volume, *self._window) if kind == 'hu'
               else preprocess.scale_8bit(volume))
-    images = readers.axial_slices(scaled)
+    images = volume_readers.axial_slices(scaled)
     slices = list(range(0, len(images), self._every_nth))
     if self._lung_only and kind == 'hu':
       lung = (preprocess.window_hu(-950, *self._window),

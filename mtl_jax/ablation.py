@@ -55,6 +55,9 @@ def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> d
   plan['arms'] = presets
   plan['overrides'] = {key: value for key, value in plan['overrides']}
   plan['seeds'] = [int(s) for s in plan['seeds']]
+  plan['checkpoint'] = plan.get('checkpoint', 'best')
+  if plan['checkpoint'] not in ('best', 'latest'):
+    raise ConfigError(f'{spec}: checkpoint={plan["checkpoint"]!r}; valid: best, latest')
   if arms:
     chosen = [a.strip() for a in arms.split(',') if a.strip()]
     unknown = [a for a in chosen if a not in plan['arms']]
@@ -117,14 +120,22 @@ def commands(plan: dict, run: Run, mtl_jax: str = 'mtl-jax', launcher: str = '',
   config = f'{plan["config"]}:{plan["arms"][run.arm]}'
   return [shlex.split(launcher) + exe + ['train', '--config', config, '--workdir',
                                          run.workdir] + overrides(plan, run, extra),
-          exe + ['evaluate', '--workdir', run.workdir, '--split', plan['split']]]
+          exe + ['evaluate', '--workdir', run.workdir, '--split', plan['split'],
+                 '--checkpoint', plan['checkpoint']]]
+
+
+def eval_path(plan: dict, run: Run) -> str:
+  """The evaluation file of one run (as `mtl-jax evaluate` names it)."""
+  latest = '_latest' if plan['checkpoint'] == 'latest' else ''
+  return os.path.join(run.workdir, f'eval_{plan["split"]}{latest}.json')
 
 
 def state(plan: dict, run: Run) -> str:
   """'done', 'trained' (not evaluated yet), 'step K of N', or 'not started'.
 
-  Done: trained to its last step, and `eval_<split>.json` is of the run's
-  best checkpoint (an evaluation of an earlier best does not count).
+  Done: trained to its last step, and evaluated at the plan's checkpoint
+  (`best`, or `latest`: the last step); an evaluation of an earlier best
+  does not count.
   """
   config_path = os.path.join(run.workdir, 'config.json')
   if not os.path.exists(config_path):
@@ -134,10 +145,12 @@ def state(plan: dict, run: Run) -> str:
   step = checkpointing.select_step(run.workdir, 'latest') or 0
   if step < total:
     return f'step {step} of {total}'
-  evaluated = os.path.join(run.workdir, f'eval_{plan["split"]}.json')
+  evaluated = eval_path(plan, run)
   if os.path.exists(evaluated):
+    wanted = step if plan['checkpoint'] == 'latest' else (
+        checkpointing.select_step(run.workdir, 'best') or step)
     with open(evaluated, encoding='utf-8') as f:
-      if json.load(f).get('step') == (checkpointing.select_step(run.workdir, 'best') or step):
+      if json.load(f).get('step') == wanted:
         return 'done'
   return 'trained'
 
@@ -149,6 +162,7 @@ def claim_root(plan: dict, root: str):
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       kept = json.load(f)
+    kept.setdefault('checkpoint', 'best')  # plan.json written before plans chose one
     differ = [k for k in record if k not in ('arms', 'seeds') and kept.get(k) != record[k]]
     differ += [f'arm {a}' for a in record['arms']
                if a in kept.get('arms', {}) and kept['arms'][a] != record['arms'][a]]
@@ -162,7 +176,8 @@ def claim_root(plan: dict, root: str):
 
 
 def _record(plan: dict) -> dict:
-  record = {k: plan[k] for k in ('name', 'config', 'arms', 'seeds', 'overrides', 'split')}
+  record = {k: plan[k] for k in ('name', 'config', 'arms', 'seeds', 'overrides', 'split',
+                                  'checkpoint')}
   # An arm with its own overrides is recorded with them, so that changing
   # them later is "another plan" for this root.
   record['arms'] = {arm: ({'preset': preset, 'overrides': plan['arm_overrides'][arm]}
@@ -219,7 +234,7 @@ def collect(plan: dict, root: str) -> tuple[list[dict], list[str]]:
     if status != 'done':
       missing.append(f'{run.name} ({status})')
       continue
-    with open(os.path.join(run.workdir, f'eval_{plan["split"]}.json'), encoding='utf-8') as f:
+    with open(eval_path(plan, run), encoding='utf-8') as f:
       results = json.load(f)
     row = {'arm': run.arm, 'seed': run.seed, 'step': results.get('step')}
     for key in metric_keys([results]):

@@ -28,7 +28,7 @@ def _sweep(root, data_dir, *extra, wait=True):
 @pytest.mark.slow
 def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_dir):
   root = tmp_path / 'ablation'
-  first = root / 'full' / 'seed_0' / 'eval_validation.json'
+  first = root / 'full' / 'seed_0' / 'eval_validation_latest.json'  # plan.checkpoint
   sweep = _sweep(root, synthetic_data_dir, wait=False)
   deadline = time.time() + 600
   while not first.exists() and sweep.poll() is None and time.time() < deadline:
@@ -47,6 +47,7 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   assert 'full/seed_0: done, skipped' in again.stdout
   assert first.stat().st_mtime == done_at  # the finished run was not redone
+  assert json.loads(first.read_text())['step'] == 2  # the last step, not the best
   assert 'Missing' not in again.stdout
 
   table = (root / 'results.md').read_text()
@@ -108,6 +109,9 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   assert '--config.loss.pseudo_weight=0.5' in train_pseudo
   assert not any('pseudo' in arg for arg in train_base)
   assert 'data.data_dir=data_pseudo' in ablation.describe_arms(plan)
+  # Every arm is evaluated (and tabled) at its last step.
+  assert ablation.commands(plan, base)[1][-2:] == ['--checkpoint', 'latest']
+  assert ablation.eval_path(plan, base).endswith('eval_validation_latest.json')
 
   ablation.claim_root(plan, root)
   recorded = json.loads((tmp_path / 'quality' / 'plan.json').read_text())
@@ -119,6 +123,13 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
     ablation.claim_root(changed, root)
   # Narrowed to one arm, the same root is still this plan's.
   ablation.claim_root(ablation.load_plan(str(REPO / 'configs' / 'quality.py'), 'base'), root)
+  # A root recorded before plans chose a checkpoint holds best-checkpoint results.
+  older = tmp_path / 'older'
+  older.mkdir()
+  (older / 'plan.json').write_text(json.dumps(
+      {k: v for k, v in recorded.items() if k != 'checkpoint'}))
+  with pytest.raises(ConfigError, match='checkpoint differ'):
+    ablation.claim_root(plan, str(older))
 
   # A pseudo_masks run trained without the arm's weight is someone else's run.
   for run, weight in ((pseudo, 0.5), (ablation.Run('pseudo_masks', 1, os.path.join(

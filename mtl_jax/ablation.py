@@ -206,12 +206,39 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
         saved = json.load(f)
       expected = config_loader.load_config(f'{plan["config"]}:{plan["arms"][arm]}',
                                            overrides(plan, Run(arm, int(name[5:]), workdir)))
-      differ = [k for k in ('preset', 'seed') if saved.get(k) != expected.get(k)]
-      differ += [k for k in run_overrides(plan, arm)
-                 if _lookup(saved, k) != _lookup(expected.to_dict(), k)]
+      differ = _trained_differently(saved, expected.to_dict(), plan['checkpoint'])
       if differ:
         foreign.append(f'{arm}/{name} ({", ".join(differ)} differ)')
   return foreign
+
+
+def _trained_differently(saved: dict, expected: dict, checkpoint: str) -> list[str]:
+  """Config fields where a run's config.json differs from what its arm trains
+  today: the whole config, so that a changed preset default (not only an
+  override) is caught. Fields the run predates count with the value that
+  reproduces it (`config_loader.LEGACY_DEFAULTS`); `hardware.*` only sizes
+  jobs, and `train.best_metric` does not matter when runs are compared at
+  their last step."""
+  try:
+    saved = config_loader.from_dict(saved).to_dict()
+  except ConfigError:
+    return ['config.json (not a config of this mtl-jax)']
+  ignored = ('hardware.', 'legacy_fields') + (
+      ('train.best_metric',) if checkpoint == 'latest' else ())
+  saved, expected = _flat(saved), _flat(expected)
+  return sorted(k for k in set(saved) | set(expected)
+                if not k.startswith(ignored) and saved.get(k) != expected.get(k))
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'a.b': value} of a nested dict, values as config.json holds them."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = json.loads(json.dumps(value, default=list))
+  return out
 
 
 def _lookup(tree: dict, dotted: str):

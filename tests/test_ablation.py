@@ -148,3 +148,21 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
         f'{plan["config"]}:cpu', ablation.overrides(plan, resized))))
   assert ablation.foreign_folders(plan, root) == [
       'pseudo_masks/seed_1 (loss.pseudo_weight differ)']
+
+  # A run made before its preset's default changed (not an override) is
+  # refused too; one that predates a config field, or differs only in the kept
+  # checkpoint's rule (runs are compared at their last step), is not.
+  def base_run(seed, edit):
+    run = ablation.Run('base', seed, os.path.join(root, 'base', f'seed_{seed}'))
+    saved = config_loader.load_config(f'{plan["config"]}:cpu',
+                                      ablation.overrides(plan, run)).to_dict()
+    edit(saved)
+    os.makedirs(run.workdir)
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+      json.dump(saved, f)
+  base_run(0, lambda saved: saved['data'].update(elastic_prob=0.0))
+  base_run(1, lambda saved: (saved['data'].pop('train_size_schedule'),
+                             saved['train'].update(best_metric='dice+auc_covid')))
+  assert ablation.foreign_folders(plan, root) == [
+      'base/seed_0 (data.elastic_prob differ)',
+      'pseudo_masks/seed_1 (loss.pseudo_weight differ)']

@@ -25,6 +25,10 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mtl_jax import checkpointing, evaluation  # noqa: E402
+
 SOURCES = ('covid19_ct_seg', 'covid_ct', 'mosmed', 'sars_cov2_ct', 'china_negative')
 
 
@@ -46,8 +50,7 @@ def main(argv=None) -> int:
   for fold in [int(f) for f in args.folds.split(',')]:
     data = os.path.abspath(os.path.join(args.root, f'data_fold_{fold}'))
     workdir = os.path.join(args.root, f'fold_{fold}')
-    evaluated = os.path.join(
-        workdir, f'eval_validation{"_latest" if args.checkpoint == "latest" else ""}.json')
+    evaluated = evaluation.results_path(workdir, 'validation', args.checkpoint)
     steps = [exe + ['build-data', 'medseg_covid', '--data_dir', data, '--image_size',
                     str(args.image_size), '--fold', str(fold)],
              exe + ['train', '--config', args.config, '--workdir', workdir,
@@ -78,8 +81,6 @@ def _finished(workdir, evaluated) -> bool:
     return False
   with open(os.path.join(workdir, 'config.json')) as f:
     total = json.load(f)['train']['num_train_steps']
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from mtl_jax import checkpointing  # pylint: disable=g-import-not-at-top
   return checkpointing.select_step(workdir, 'latest') == total
 
 

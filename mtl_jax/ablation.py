@@ -23,7 +23,7 @@ import shlex
 
 import numpy as np
 
-from mtl_jax import checkpointing, config_loader, jsonio
+from mtl_jax import checkpointing, config_loader, evaluation, jsonio
 from mtl_jax.errors import ConfigError
 
 PLAN_FILE = 'plan.json'
@@ -126,8 +126,7 @@ def commands(plan: dict, run: Run, mtl_jax: str = 'mtl-jax', launcher: str = '',
 
 def eval_path(plan: dict, run: Run) -> str:
   """The evaluation file of one run (as `mtl-jax evaluate` names it)."""
-  latest = '_latest' if plan['checkpoint'] == 'latest' else ''
-  return os.path.join(run.workdir, f'eval_{plan["split"]}{latest}.json')
+  return evaluation.results_path(run.workdir, plan['split'], plan['checkpoint'])
 
 
 def state(plan: dict, run: Run) -> str:

@@ -142,6 +142,12 @@ def _host_batch(local: dict, source_name: str) -> dict:
   return gathered
 
 
+def results_path(workdir: str, split: str = 'validation', which: str = 'best') -> str:
+  """Where `mtl-jax evaluate` writes a workdir's results: eval_<split>.json
+  for the best checkpoint, eval_<split>_latest.json for the latest."""
+  return os.path.join(workdir, f'eval_{split}{"_latest" if which == "latest" else ""}.json')
+
+
 def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best',
                      overrides: list[str] | None = None) -> dict:
   """Restore a workdir's best (or latest) checkpoint, evaluate `split`, write
@@ -151,8 +157,7 @@ def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best
   results['checkpoint'] = os.path.abspath(loaded.path)
   results['step'] = loaded.step
   if jax.process_index() == 0:
-    out = os.path.join(workdir, f'eval_{split}{"_latest" if loaded.which == "latest" else ""}'
-                       '.json')
+    out = results_path(workdir, split, loaded.which)
     jsonio.write_json(out, results, sort_keys=True)
     logging.info('wrote %s', out)
   return results

@@ -34,13 +34,18 @@ def _predictions(runtime, predict, variables, split, source_name, max_examples):
     yield parallel.to_host(predict(variables, images)), _host_batch(local, source_name)
 
 
-def _run(runtime, predict, variables, split, source_name, max_examples, accumulator_sets):
-  """Feed one source's split through the model into every accumulator set."""
+def _run(runtime, predict, variables, split, source_name, max_examples, accumulator_sets,
+         features: list | None = None):
+  """Feed one source's split through the model into every accumulator set
+  (and its valid slices' encoder features into `features`, when the predict
+  function has extras)."""
   for predictions, host_batch in _predictions(runtime, predict, variables, split,
                                               source_name, max_examples):
     for accumulators in accumulator_sets:
       for name, accumulator in accumulators.items():
         runtime.tasks[name].update(accumulator, predictions, host_batch)
+    if features is not None and 'features' in predictions:
+      features.append(np.asarray(predictions['features'])[host_batch['valid'] > 0])
 
 
 def _summarize(runtime, accumulators) -> dict:
@@ -61,20 +66,30 @@ def scalars(results: dict, prefix: str) -> dict:
 
 
 def evaluate(runtime, predict, variables, split: str,
-             max_examples: int | None = None) -> dict:
+             max_examples: int | None = None, held_out: dict | None = None) -> dict:
   """Metrics pooled over every eval source, and each source's own under `by_source`.
 
   Sources without masks add nothing to Dice, sources without labels nothing
   to accuracy, so the pooled figures use exactly the examples that can be scored.
+  A `held_out` dict receives, per source, what the out-of-distribution
+  reference needs from this pass (per-slice reconstruction error, and encoder
+  features when `predict` has extras), so that training does not run the
+  validation split through the model again for it.
   """
   config = runtime.config
   max_examples = config.eval.max_examples if max_examples is None else max_examples
   new = lambda: {name: task.accumulator() for name, task in runtime.tasks.items()}
   pooled, by_source = new(), {}
   for source_name in config.data.eval_sources:
-    by_source[source_name] = new()
+    by_source[source_name], features = new(), []
     _run(runtime, predict, variables, split, source_name, max_examples,
-         (pooled, by_source[source_name]))
+         (pooled, by_source[source_name]), features)
+    if held_out is not None:
+      recon = by_source[source_name].get('recon')
+      held_out[source_name] = {
+          'split': split, 'max_examples': max_examples,
+          'recon_mse': recon.per_example_mse if recon is not None else None,
+          'features': np.concatenate(features) if features else None}
   results = _summarize(runtime, pooled)
   if len(by_source) > 1:
     results['by_source'] = {name: _summarize(runtime, accs)
@@ -83,7 +98,18 @@ def evaluate(runtime, predict, variables, split: str,
   return results
 
 
-def reference_recon_errors(runtime, predict, variables, num_examples: int = 256) -> dict | None:
+def _held_out_prefix(held_out: dict | None, source_name: str, key: str, limit: int):
+  """The first `limit` validation values of `key` from an evaluation pass, or
+  None when that pass did not see them (another split, or fewer examples)."""
+  entry = (held_out or {}).get(source_name)
+  if (entry is None or entry['split'] != 'validation' or entry[key] is None
+      or 0 <= entry['max_examples'] < limit):
+    return None
+  return entry[key][:limit]
+
+
+def reference_recon_errors(runtime, predict, variables, num_examples: int = 256,
+                           held_out: dict | None = None) -> dict | None:
   """The distribution of reconstruction error on in-distribution, held-out slices.
 
   Stored with the checkpoint: `mtl-jax predict` reports a study's error as a
@@ -96,11 +122,16 @@ def reference_recon_errors(runtime, predict, variables, num_examples: int = 256)
   if 'recon' not in runtime.tasks:
     return None
   sources = tuple(runtime.config.data.eval_sources)
-  accumulators = {'recon': runtime.tasks['recon'].accumulator()}
+  limit = max(1, num_examples // len(sources))
+  parts = []
   for source_name in sources:
-    _run(runtime, predict, variables, 'validation', source_name,
-         max(1, num_examples // len(sources)), (accumulators,))
-  errors = accumulators['recon'].per_example_mse
+    known = _held_out_prefix(held_out, source_name, 'recon_mse', limit)
+    if known is None:
+      accumulators = {'recon': runtime.tasks['recon'].accumulator()}
+      _run(runtime, predict, variables, 'validation', source_name, limit, (accumulators,))
+      known = accumulators['recon'].per_example_mse
+    parts.append(known)
+  errors = np.concatenate(parts)
   return {'metric': 'per-slice reconstruction MSE', 'sources': list(sources),
           'split': 'validation', 'num_examples': int(errors.size),
           'percentiles': [float(v) for v in np.percentile(errors, np.arange(101))]}
@@ -116,14 +147,17 @@ def _features(runtime, variables, split: str, source_name: str, limit: int) -> n
 
 
 def reference_features(runtime, variables, num_fit: int = 256,
-                       num_calibration: int = 512) -> dict:
+                       num_calibration: int = 512, held_out: dict | None = None) -> dict:
   """The out-of-distribution reference stored with a checkpoint (mtl_jax/ood.py):
   fitted on each training source's training slices, its threshold set on
   the eval sources' validation slices (held out from both)."""
   config = runtime.config
   fit = {s: _features(runtime, variables, 'train', s, num_fit) for s in config.data.sources}
-  held = {s: _features(runtime, variables, 'validation', s, num_calibration)
-          for s in config.data.eval_sources}
+  held = {}
+  for s in config.data.eval_sources:
+    known = _held_out_prefix(held_out, s, 'features', num_calibration)
+    held[s] = known if known is not None else _features(runtime, variables, 'validation',
+                                                        s, num_calibration)
   reference = ood.calibrate(ood.fit(fit), held)
   return dict(reference, split_fit='train', split_calibration='validation')
 

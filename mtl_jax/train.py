@@ -105,15 +105,19 @@ class Trainer:
         # On the CPU: Eigen convolutions, whose weight gradients are ~2x
         # faster than YNNPACK's (mtl_jax/xla_cpu.py; bench/RESULTS.md).
         compiler_options=xla_cpu.train_compiler_options())
-    self.predict = self.runtime.predict_fn()
+    # With extras (encoder features, per-slice reconstruction error): a
+    # validation pass then also yields what the best checkpoint's
+    # out-of-distribution reference needs (evaluation.evaluate's held_out).
+    self.predict = self.runtime.predict_fn(extras=True)
 
   def restore_target(self):
     return checkpointing.abstract_with_shardings(self.abstract_state,
                                                  self.runtime.replicated)
 
-  def evaluate(self, state, split: str, max_examples: int | None = None):
+  def evaluate(self, state, split: str, max_examples: int | None = None,
+               held_out: dict | None = None):
     return evaluation.evaluate(self.runtime, self.predict, variables_of(state), split,
-                               max_examples)
+                               max_examples, held_out)
 
 
 def count_params(params) -> int:
@@ -263,16 +267,17 @@ def _run(config, workdir, trainer, built, interrupt_at_step):
       t_pause = time.time()  # evaluation and saving do not count as step time
       if step % config.train.eval_every_steps == 0 or last:
         _flush_metrics(pending, writer, {})
-        results = trainer.evaluate(state, 'validation', config.eval.max_examples)
+        held_out = {}
+        results = trainer.evaluate(state, 'validation', config.eval.max_examples, held_out)
         scalars = evaluation.scalars(results, 'validation')
         writer.write_scalars(step, scalars)
         if lead:
           history.append(workdir, step, scalars)
         outcome = ckpt.update_best(step, state, lambda: dict(
             meta_at(step), ood_reference=evaluation.reference_recon_errors(
-                trainer.runtime, trainer.predict, variables_of(state)),
-            ood_features=evaluation.reference_features(trainer.runtime,
-                                                       variables_of(state))), results)
+                trainer.runtime, trainer.predict, variables_of(state), held_out=held_out),
+            ood_features=evaluation.reference_features(trainer.runtime, variables_of(state),
+                                                       held_out=held_out)), results)
         if outcome == 'revalidated':
           logging.info('best/%d re-validated by the replay: kept', step)
         elif outcome == 'undefined':

@@ -1,5 +1,7 @@
 """The out-of-distribution score from encoder feature statistics (mtl_jax/ood.py)."""
 
+import json
+
 import numpy as np
 
 from mtl_jax import ood
@@ -41,3 +43,29 @@ def test_reference_is_json_and_round_trips():
   again = json.loads(json.dumps(reference))
   x = train['b'][:5]
   np.testing.assert_allclose(ood.distances(x, again), ood.distances(x, reference), rtol=1e-5)
+
+
+def test_training_reuses_its_validation_pass_for_the_reference(predictor):
+  """The reference a best checkpoint stores is the same whether its
+  validation slices are run again or taken from the evaluation pass just
+  made (training takes them from the pass: one fewer sweep per new best)."""
+  from mtl_jax import evaluation  # pylint: disable=g-import-not-at-top
+  runtime, variables = predictor.runtime, predictor.variables
+  predict = runtime.predict_fn(extras=True)
+  held_out = {}
+  evaluation.evaluate(runtime, predict, variables, 'validation', -1, held_out)
+  assert set(held_out) == set(runtime.config.data.eval_sources)
+  for kwargs in ({'held_out': held_out}, {}):
+    errors = evaluation.reference_recon_errors(runtime, predict, variables, 16, **kwargs)
+    features = evaluation.reference_features(runtime, variables, 8, 16, **kwargs)
+    if kwargs:
+      reused = (errors, features)
+  np.testing.assert_allclose(reused[0]['percentiles'], errors['percentiles'], rtol=1e-6)
+  assert reused[0]['num_examples'] == errors['num_examples'] == 16
+  assert json.dumps(reused[1], sort_keys=True) == json.dumps(features, sort_keys=True)
+  for source in held_out:  # ...and was taken from the pass, not recomputed
+    assert evaluation._held_out_prefix(held_out, source, 'features', 16) is not None  # pylint: disable=protected-access
+  # A pass over fewer slices than the reference needs is not reused.
+  few = {}
+  evaluation.evaluate(runtime, predict, variables, 'validation', 4, few)
+  assert evaluation._held_out_prefix(few, 'synthetic_ct', 'features', 16) is None  # pylint: disable=protected-access

@@ -7,6 +7,8 @@
 Every arm is a preset of `configs/real.py` at its CPU scale (the recipe of
 `real.py:cpu`, with every ingredient it keeps), trained with each seed on the
 same budget, then evaluated on validation at its last step (`plan.checkpoint`).
+When the recipe learns from unlabelled data (pseudo labels, a pre-trained
+start), a `no_unlabelled` arm trains it on its labels alone.
 
 Budget: 15 runs at real.py:cpu's 3000 steps take ~20 h on the 2-core CPU, so
 every run is shortened to RUN_STEPS (~9 h for the plan). `:length_check`
@@ -18,16 +20,24 @@ for tests.
 
 import ml_collections
 
-# (arm, the config preset it trains), in table order. Arms that change the recipe rather than
-# the tasks (e.g. without the unlabelled-data ingredients) join here once
-# real.py:cpu keeps such an ingredient (issue 13: none is kept yet).
-ARMS = (
+from configs import default, real
+
+# (arm, the config preset it trains), in table order.
+TASK_ARMS = (
     ('full', 'cpu'),
     ('seg_only', 'cpu,seg_only'),
     ('cls_only', 'cpu,cls_only'),
     ('no_recon', 'cpu,no_recon'),
     ('uncertainty', 'cpu,uncertainty'),
 )
+# Joins the plan when real.py:cpu learns from unlabelled data (issue 13's
+# kept ingredients): the same recipe on its labels alone.
+RECIPE_ARM = ('no_unlabelled', 'cpu,no_unlabelled')
+
+
+def arms() -> tuple:
+  recipe_arms = (RECIPE_ARM,) if default.uses_unlabelled(real.get_config('cpu')) else ()
+  return TASK_ARMS + recipe_arms
 
 
 RUN_STEPS = 1500  # of real.py:cpu's 3000; evaluation stays every 250 steps
@@ -37,7 +47,7 @@ def get_config(arg=None):
   plan = ml_collections.ConfigDict()
   plan.name = 'ablation'
   plan.config = 'configs/real.py'
-  plan.arms = ARMS
+  plan.arms = arms()
   plan.seeds = (0, 1, 2)
   plan.baseline = 'full'  # compared, seed by seed, with every other arm
   # (KEY, VALUE) pairs: --config.KEY=VALUE for every run

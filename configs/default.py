@@ -6,6 +6,8 @@ Presets (big_vision-style `get_config(arg)`):
   cls_only  ablation: classification alone
   no_recon  ablation: segmentation + classification, no reconstruction decoder
   uncertainty  ablation: learned uncertainty weighting of the task losses
+  no_unlabelled  ablation: without the unlabelled-data ingredients (no pseudo
+            labels, no pre-trained start): the recipe on its labels alone
   pretrain  self-supervised stage: encoder + reconstruction decoder learn
             masked-patch in-painting on every slice (no labels); a three-task
             run then starts from it with --config.init_from=WORKDIR
@@ -19,9 +21,37 @@ import os
 import ml_collections
 
 SIZE_PRESETS = ('full', 'demo', 'tiny')
-ABLATIONS = ('seg_only', 'cls_only', 'no_recon', 'uncertainty')
+ABLATIONS = ('seg_only', 'cls_only', 'no_recon', 'uncertainty', 'no_unlabelled')
 STAGES = ('pretrain',)
 PRESETS = SIZE_PRESETS + ABLATIONS + STAGES
+
+
+# The ingredients that learn from unlabelled data (issue 13), each with the
+# value that switches it off: model-made soft masks as weak targets (the
+# Inf-Net masks or a self-training label set) and a pre-trained start.
+UNLABELLED_OFF = (('loss.pseudo_weight', 0.0), ('data.pseudo_labels', ''), ('init_from', ''))
+
+
+def uses_unlabelled(config) -> bool:
+  """Whether the recipe learns from unlabelled data (its ablation has a
+  `no_unlabelled` arm)."""
+  return any(node[leaf] != off for (node, leaf), off in _ingredients(config))
+
+
+def drop_unlabelled(config):
+  """The `no_unlabelled` ablation: the recipe on its labelled data alone."""
+  for (node, leaf), off in _ingredients(config):
+    node[leaf] = off
+
+
+def _ingredients(config):
+  """((the config node holding each ingredient, its field), its off value)."""
+  for key, off in UNLABELLED_OFF:
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    yield (node, leaf), off
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -184,6 +214,8 @@ def _apply_preset(config, name):
     config.loss.weights.update({'seg': 1.0, 'recon': 0.0, 'cls': 1.0})
   elif name == 'uncertainty':
     config.loss.uncertainty_weighting = True
+  elif name == 'no_unlabelled':
+    drop_unlabelled(config)
   elif name == 'pretrain':
     config.loss.weights.update({'seg': 0.0, 'recon': 1.0, 'cls': 0.0})
     config.loss.recon_mask_ratio = 0.5

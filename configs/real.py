@@ -82,5 +82,7 @@ def get_config(arg=None):
     config.data.num_workers = 8
   if 'pretrain' in modifiers:  # in-painting converges sooner than the three tasks
     config.train.num_train_steps //= 3
+  if 'no_unlabelled' in modifiers:  # also what this recipe adds above
+    default.drop_unlabelled(config)
   config.preset = 'real:' + ','.join([scale] + modifiers)
   return config

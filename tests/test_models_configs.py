@@ -243,3 +243,34 @@ def test_train_step_compiler_options_do_not_change_what_is_learned(monkeypatch):
   np.testing.assert_allclose(loss_eigen, loss_ynn, rtol=1e-4)
   for a, b in zip(jax.tree.leaves(params_eigen), jax.tree.leaves(params_ynn)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_no_unlabelled_switches_off_what_the_recipe_learns_from_unlabelled_data(monkeypatch):
+  """The ablation arm `no_unlabelled` exists once real.py:cpu keeps an
+  unlabelled-data ingredient, and its config has none of them left."""
+  from configs import ablation, real
+  plain = real.get_config('cpu')
+  assert not default.uses_unlabelled(plain)
+  assert 'no_unlabelled' not in dict(ablation.arms())
+  original = real.get_config
+
+  def recipe_with_ingredients(arg=None):
+    config = original(arg)
+    if 'no_unlabelled' not in (arg or ''):
+      config.loss.pseudo_weight = 0.5
+      config.data.pseudo_labels = 'round1'
+      config.init_from = 'runs/pretrain'
+    return config
+
+  monkeypatch.setattr(real, 'get_config', recipe_with_ingredients)
+  assert default.uses_unlabelled(real.get_config('cpu'))
+  assert dict(ablation.arms())['no_unlabelled'] == 'cpu,no_unlabelled'
+  monkeypatch.undo()
+  with_ingredients = real.get_config('cpu')
+  with_ingredients.loss.pseudo_weight, with_ingredients.init_from = 0.5, 'runs/pretrain'
+  default.drop_unlabelled(with_ingredients)
+  assert with_ingredients.to_dict() == plain.to_dict()
+  ablated = real.get_config('cpu,no_unlabelled')  # today: the plain recipe, renamed
+  assert ablated.preset == 'real:cpu,no_unlabelled'
+  ablated.preset = plain.preset
+  assert ablated.to_dict() == plain.to_dict()

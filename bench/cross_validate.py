@@ -2,6 +2,7 @@
 
   python bench/cross_validate.py --root runs/cv --config configs/real.py:cpu \\
       [--folds 0,1,2,3,4] [--set KEY=VALUE ...] [--checkpoint latest|best] [--dry_run]
+      [--reuse_fold0 RUN]
 
 Fold k holds out the k-th 10 of MedSeg's 50 slices (`build-data medseg_covid
 --fold k`, a rotation of the seeded permutation: the five folds cover every
@@ -12,6 +13,12 @@ resume. Prints each fold's Dice with its bootstrap CI, and the mean ± sd
 over folds. Each fold is scored at its last step by default: its `best`
 checkpoint is chosen on the very slices it holds out, which biases the
 cross-validated figure upwards.
+
+Fold 0 is the split every other run trains on (`build-data` without
+--fold): `--reuse_fold0 RUN` takes a finished run of the same recipe (seed
+0) as fold 0 instead of training it again, after checking that its whole
+config matches what fold 0 would train (but for the data folder) and that
+its MedSeg data holds out fold 0 (same split seed).
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtl_jax import checkpointing, evaluation  # noqa: E402
+from mtl_jax import checkpointing, config_loader, evaluation  # noqa: E402
+from mtl_jax.data import datasets  # noqa: E402
 
 SOURCES = ('covid19_ct_seg', 'covid_ct', 'mosmed', 'sars_cov2_ct', 'china_negative')
 
@@ -44,7 +52,12 @@ def main(argv=None) -> int:
                                                         'mtl-jax'))
   parser.add_argument('--checkpoint', default='latest', choices=('latest', 'best'))
   parser.add_argument('--dry_run', action='store_true')
+  parser.add_argument('--reuse_fold0', default='',
+                      help='a finished run of this recipe (seed 0) to use as fold 0')
   args = parser.parse_args(argv)
+  if any(s.startswith('data.data_dir=') for s in args.set):
+    parser.error('each fold has its own data folder: give the sources with --data_dir, '
+                 'not --set data.data_dir')
   exe = shlex.split(args.mtl_jax)
   results = {}
   for fold in [int(f) for f in args.folds.split(',')]:
@@ -59,6 +72,19 @@ def main(argv=None) -> int:
     if args.dry_run:
       print('\n'.join(shlex.join(c) for c in steps))
       continue
+    if (fold == 0 and args.reuse_fold0 and os.path.lexists(workdir)
+        and os.path.realpath(workdir) != os.path.realpath(args.reuse_fold0)):
+      print(f'--reuse_fold0 {args.reuse_fold0}: {workdir} already holds another run',
+            file=sys.stderr)
+      return 2
+    if fold == 0 and args.reuse_fold0 and not os.path.lexists(workdir):
+      problem = _not_fold0(args, data)
+      if problem:
+        print(f'--reuse_fold0 {args.reuse_fold0}: {problem}', file=sys.stderr)
+        return 2
+      os.makedirs(args.root, exist_ok=True)
+      os.symlink(os.path.abspath(args.reuse_fold0), workdir)
+      print(f'fold 0: {workdir} -> {args.reuse_fold0}')
     if not _finished(workdir, evaluated):
       os.makedirs(data, exist_ok=True)
       for name in SOURCES:  # the other sources do not depend on the fold
@@ -74,6 +100,30 @@ def main(argv=None) -> int:
   if results:
     print(table(results))
   return 0
+
+
+def _not_fold0(args, data: str) -> str:
+  """Why `args.reuse_fold0` is not what fold 0 would train ('' if it is)."""
+  saved_path = os.path.join(args.reuse_fold0, 'config.json')
+  if not os.path.exists(saved_path):
+    return 'no config.json: not a run folder'
+  with open(saved_path) as f:
+    saved = json.load(f)
+  expected = config_loader.load_config(
+      args.config, [f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set])
+  ignored = ('data.data_dir',) + (('train.best_metric',) if args.checkpoint == 'latest' else ())
+  differ = config_loader.differences(saved, expected.to_dict(), ignored)
+  if differ:
+    return f'trained another recipe ({", ".join(differ)} differ)'
+  path = datasets.builder_dir('medseg_covid', saved['data']['data_dir'], args.image_size)
+  if path is None:
+    return f'its MedSeg data ({saved["data"]["data_dir"]}) is gone; cannot check its fold'
+  with open(os.path.join(path, 'metadata.json')) as f:
+    built = json.load(f)
+  if (built.get('fold', 0), built.get('seed')) != (0, 0):
+    return (f'its MedSeg data holds out fold {built.get("fold", 0)} of split seed '
+            f'{built.get("seed")}, not fold 0 of seed 0')
+  return ''
 
 
 def _finished(workdir, evaluated) -> bool:

@@ -213,31 +213,10 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
 
 def _trained_differently(saved: dict, expected: dict, checkpoint: str) -> list[str]:
   """Config fields where a run's config.json differs from what its arm trains
-  today: the whole config, so that a changed preset default (not only an
-  override) is caught. Fields the run predates count with the value that
-  reproduces it (`config_loader.LEGACY_DEFAULTS`); `hardware.*` only sizes
-  jobs, and `train.best_metric` does not matter when runs are compared at
-  their last step."""
-  try:
-    saved = config_loader.from_dict(saved).to_dict()
-  except ConfigError:
-    return ['config.json (not a config of this mtl-jax)']
-  ignored = ('hardware.', 'legacy_fields') + (
-      ('train.best_metric',) if checkpoint == 'latest' else ())
-  saved, expected = _flat(saved), _flat(expected)
-  return sorted(k for k in set(saved) | set(expected)
-                if not k.startswith(ignored) and saved.get(k) != expected.get(k))
-
-
-def _flat(tree: dict, prefix: str = '') -> dict:
-  """{'a.b': value} of a nested dict, values as config.json holds them."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = json.loads(json.dumps(value, default=list))
-  return out
+  today (`config_loader.differences`); `train.best_metric` does not matter
+  when runs are compared at their last step."""
+  return config_loader.differences(
+      saved, expected, ignored=('train.best_metric',) if checkpoint == 'latest' else ())
 
 
 def _lookup(tree: dict, dotted: str):

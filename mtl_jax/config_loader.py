@@ -216,3 +216,30 @@ def from_dict(data: dict, where: str = 'saved config') -> ml_collections.ConfigD
 def _is_open_dict(key: str) -> bool:
   """Entries of free-form mappings (sources, task weights) are not schema fields."""
   return key.startswith(('data.sources.', 'data.eval_sources.', 'loss.weights.'))
+
+
+def differences(saved: dict, expected: dict, ignored: tuple = ()) -> list[str]:
+  """Fields where a run's saved config (config.json) differs from `expected`:
+  the whole config, so that a changed preset default (not only an override)
+  is caught. Fields the run predates count with the value that reproduces it
+  (`LEGACY_DEFAULTS`); `hardware.*` only sizes jobs; `ignored` holds more
+  field names or prefixes (ending in '.')."""
+  try:
+    saved = from_dict(saved).to_dict()
+  except ConfigError:
+    return ['config.json (not a config of this mtl-jax)']
+  ignored = ('hardware.', 'legacy_fields') + tuple(ignored)
+  saved, expected = _flat(saved), _flat(expected)
+  return sorted(k for k in set(saved) | set(expected)
+                if not k.startswith(ignored) and saved.get(k) != expected.get(k))
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'a.b': value} of a nested dict, values as config.json holds them."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = json.loads(json.dumps(value, default=list))
+  return out

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument('--split', default='validation',
                         choices=('train', 'validation', 'test'))
   evaluate.add_argument('--checkpoint', default='best', choices=('best', 'latest'))
+  evaluate.add_argument('--tta', action='store_true',
+                        help='average with a left-right flip, as predict --tta '
+                        '(writes eval_SPLIT[_latest]_tta.json)')
   _add_distributed_flags(evaluate)
 
   demo = sub.add_parser('demo', help='build synthetic CT, train, evaluate, report')
@@ -168,7 +171,7 @@ def _run(args, overrides) -> int:
     train.train_and_evaluate(config, args.workdir)
   elif args.command == 'evaluate':
     results = evaluation.evaluate_workdir(args.workdir, args.split, args.checkpoint,
-                                          overrides)
+                                          overrides, args.tta)
     print(metrics_summary.results_table({args.split: results}))
   elif args.command == 'demo':
     demo.run_demo(args.workdir, args.config, overrides)

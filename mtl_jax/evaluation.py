@@ -176,22 +176,28 @@ def _host_batch(local: dict, source_name: str) -> dict:
   return gathered
 
 
-def results_path(workdir: str, split: str = 'validation', which: str = 'best') -> str:
+def results_path(workdir: str, split: str = 'validation', which: str = 'best',
+                 tta: bool = False) -> str:
   """Where `mtl-jax evaluate` writes a workdir's results: eval_<split>.json
-  for the best checkpoint, eval_<split>_latest.json for the latest."""
-  return os.path.join(workdir, f'eval_{split}{"_latest" if which == "latest" else ""}.json')
+  for the best checkpoint, eval_<split>_latest.json for the latest, with
+  `_tta` for flip test-time augmentation."""
+  suffix = ('_latest' if which == 'latest' else '') + ('_tta' if tta else '')
+  return os.path.join(workdir, f'eval_{split}{suffix}.json')
 
 
 def evaluate_workdir(workdir: str, split: str = 'validation', which: str = 'best',
-                     overrides: list[str] | None = None) -> dict:
-  """Restore a workdir's best (or latest) checkpoint, evaluate `split`, write
-  eval_<split>.json (eval_<split>_latest.json for the latest)."""
+                     overrides: list[str] | None = None, tta: bool = False) -> dict:
+  """Restore a workdir's best (or latest) checkpoint, evaluate `split` (with
+  left-right flip TTA if asked, as `mtl-jax predict --tta`), write
+  `results_path`."""
   loaded = runtime_lib.load(workdir, which, overrides or [])
-  results = evaluate(loaded.runtime, loaded.runtime.predict_fn(), loaded.variables, split)
+  results = evaluate(loaded.runtime, loaded.runtime.predict_fn(tta=tta), loaded.variables,
+                     split)
   results['checkpoint'] = os.path.abspath(loaded.path)
   results['step'] = loaded.step
+  results['tta'] = tta
   if jax.process_index() == 0:
-    out = results_path(workdir, split, loaded.which)
+    out = results_path(workdir, split, loaded.which, tta)
     jsonio.write_json(out, results, sort_keys=True)
     logging.info('wrote %s', out)
   return results

@@ -61,8 +61,8 @@ class Runtime:
     probabilities (`seg_class_probs`, multi-class models), each slice's
     reconstruction error (`recon_mse`) and encoder feature statistics
     (`features`, for the out-of-distribution score). `tta` averages the segmentation and
-    class probabilities with those of the left-right flipped slice; label
-    maps are then re-derived from the averaged probabilities by the caller.
+    class probabilities with those of the left-right flipped slice, and
+    derives the label maps from the averaged probabilities.
     """
     model, tasks = self.model, self.tasks
     multi = 'seg' in tasks and self.config.model.num_seg_classes > 1
@@ -72,7 +72,7 @@ class Runtime:
       predictions = {}
       for task in tasks.values():
         predictions.update(task.predict(outputs))
-      if extras and multi:
+      if multi and (extras or tta):
         predictions['seg_class_probs'] = jax.nn.softmax(
             outputs['seg_logits'].astype(jnp.float32), axis=-1)
       if extras:
@@ -90,6 +90,11 @@ class Runtime:
           if key in predictions:
             other = flipped[key] if key == 'cls_probs' else flipped[key][:, :, ::-1]
             predictions[key] = (predictions[key] + other) / 2
+        if 'seg' in tasks:
+          predictions['seg_labels'] = tasks['seg'].labels(
+              predictions['seg_class_probs'] if multi else predictions['seg_prob'])
+          if not extras:
+            predictions.pop('seg_class_probs', None)
       return predictions
     return apply
 

@@ -120,10 +120,16 @@ class SegmentationTask(Task):
     logits = outputs['seg_logits'].astype(jnp.float32)
     if self.num_seg_classes == 1:
       prob = jax.nn.sigmoid(logits[..., 0])
-      return {'seg_labels': (prob > LESION_THRESHOLD).astype(jnp.int32), 'seg_prob': prob}
+      return {'seg_labels': self.labels(prob), 'seg_prob': prob}
     probs = jax.nn.softmax(logits, axis=-1)
-    return {'seg_labels': jnp.argmax(probs, axis=-1).astype(jnp.int32),
-            'seg_prob': 1.0 - probs[..., 0]}
+    return {'seg_labels': self.labels(probs), 'seg_prob': 1.0 - probs[..., 0]}
+
+  def labels(self, probs):
+    """The label map of lesion probabilities (B, H, W), or of per-class
+    probabilities (B, H, W, C) for a multi-class model."""
+    if self.num_seg_classes == 1:
+      return (probs > LESION_THRESHOLD).astype(jnp.int32)
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
 
   def accumulator(self):
     return metrics.SegmentationAccumulator(max(self.num_seg_classes, 1))

@@ -520,3 +520,28 @@ def test_batch_error_leaves_nothing(predictor, tmp_path):
   with pytest.raises(volume_io.BadInputError, match='b.png'):
     predict.run(None, folder, tmp_path / 'out', predictor=predictor)
   assert sorted(os.listdir(tmp_path)) == ['many']
+
+
+def test_flip_tta_averages_probabilities_and_evaluate_scores_its_labels(model_dir, tmp_path):
+  """`predict --tta` and `evaluate --tta` share one rule: probabilities are
+  the mean over the slice and its left-right flip, and the label map is
+  derived from that mean (never the unflipped slice's labels)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtl_jax import evaluation, runtime as runtime_lib  # pylint: disable=g-import-not-at-top
+  loaded = runtime_lib.load(model_dir, 'best', [])
+  size = loaded.runtime.image_size
+  images = np.random.default_rng(0).uniform(0, 1, (8, size, size)).astype(np.float32)
+  plain_fn = loaded.runtime.predict_fn()
+  plain = jax.device_get(plain_fn(loaded.variables, images))
+  flipped = jax.device_get(plain_fn(loaded.variables, images[:, :, ::-1].copy()))
+  tta = jax.device_get(loaded.runtime.predict_fn(tta=True)(loaded.variables, images))
+  expected = (plain['seg_prob'] + flipped['seg_prob'][:, :, ::-1]) / 2
+  np.testing.assert_allclose(tta['seg_prob'], expected, atol=1e-5)
+  np.testing.assert_array_equal(tta['seg_labels'], tta['seg_prob'] > 0.5)
+  np.testing.assert_allclose(tta['cls_probs'], (plain['cls_probs'] + flipped['cls_probs']) / 2,
+                             atol=1e-5)
+  work = tmp_path / 'run'
+  shutil.copytree(model_dir, work, symlinks=True)
+  results = evaluation.evaluate_workdir(str(work), 'validation', 'best', tta=True)
+  written = json.loads((work / 'eval_validation_tta.json').read_text())
+  assert written['tta'] is True and written['dice'] == pytest.approx(results['dice'])

@@ -58,6 +58,8 @@ def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> d
   plan['checkpoint'] = plan.get('checkpoint', 'best')
   if plan['checkpoint'] not in ('best', 'latest'):
     raise ConfigError(f'{spec}: checkpoint={plan["checkpoint"]!r}; valid: best, latest')
+  # The whole plan's arms, for telling its folders from another plan's when narrowed.
+  plan['every_arm'] = {'arms': dict(plan['arms']), 'arm_overrides': dict(plan['arm_overrides'])}
   if arms:
     chosen = [a.strip() for a in arms.split(',') if a.strip()]
     unknown = [a for a in chosen if a not in plan['arms']]
@@ -187,7 +189,9 @@ def _record(plan: dict) -> dict:
 
 def foreign_folders(plan: dict, root: str) -> list[str]:
   """Run folders under ROOT that this plan did not make: another arm's preset,
-  seed or overrides in their config.json, or folders no arm of it names."""
+  seed or overrides in their config.json, or folders no arm of it names
+  (narrowed by --arms, the plan still owns its other arms' folders)."""
+  plan = {**plan, **plan.get('every_arm', {})}
   foreign = []
   for arm in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     arm_dir = os.path.join(root, arm)

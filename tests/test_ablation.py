@@ -166,3 +166,8 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   assert ablation.foreign_folders(plan, root) == [
       'base/seed_0 (data.elastic_prob differ)',
       'pseudo_masks/seed_1 (loss.pseudo_weight differ)']
+  # Narrowed to some arms, the plan still owns (and checks) its other arms' folders.
+  narrowed = ablation.load_plan(str(REPO / 'configs' / 'quality.py'), 'base,pretrain')
+  assert ablation.foreign_folders(narrowed, root) == [
+      'base/seed_0 (data.elastic_prob differ)',
+      'pseudo_masks/seed_1 (loss.pseudo_weight differ)']

@@ -127,6 +127,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (low, high) whose pixels are too uncertain to learn from.
   config.loss.pseudo_weight = 0.0
   config.loss.pseudo_confidence = (0.3, 0.7)
+  # Slices labelled exactly "normal" show no lesion: pixel cross-entropy
+  # towards background on them (those without a ground-truth mask), at this
+  # weight; 0: off (the segmentation head then never sees a lesion-free slice).
+  config.loss.normal_no_lesion_weight = 0.0
   config.loss.uncertainty_weighting = False
   # Masked-patch in-painting: blank this fraction of recon_mask_patch-pixel
   # squares of the training input; reconstruction restores the clean slice

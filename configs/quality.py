@@ -25,6 +25,8 @@ Arms that need prepared data (see README "Quality from little data"):
   NAME --data_dir data --image_size 256`); 2750 steps on slices downsized to
   128 px, the last 250 (and every evaluation) at 256 (~100 min).
 - `steps_4000`: the same recipe trained 4000 steps instead of 3000.
+- `normal_no_lesion`: slices labelled normal (MosMed CT-0, China) learnt as
+  lesion-free (`loss.normal_no_lesion_weight`); no data to prepare.
 
 Two-stage arms: `pretrain` is the self-supervised stage (masked-patch
 in-painting, `real.py:cpu,pretrain`, 1000 steps; only its reconstruction is
@@ -46,6 +48,9 @@ ARMS = (
                               ('loss.pseudo_weight', 0.5))),
     ('resize_256', 'cpu', (('data.image_size', 256),
                            ('data.train_size_schedule', '((128, 2750),)'))),
+    # Not an ingredient of the issue: slices labelled normal are lesion-free
+    # (the segmentation head otherwise paints ~45% of a normal MosMed slice).
+    ('normal_no_lesion', 'cpu', (('loss.normal_no_lesion_weight', 1.0),)),
     # Not an ingredient of the issue: every run's UCSD/MosMed AUC is still
     # rising at step 3000, and 4000 steps (~110 min) still fit the 2 h budget.
     ('steps_4000', 'cpu', (('train.num_train_steps', 4000),)),

@@ -29,7 +29,9 @@ from mtl_jax.errors import ConfigError
 PLAN_FILE = 'plan.json'
 # (label, key in eval_<split>.json); each source's AUC is added per source.
 METRICS = (('Dice', 'dice'), ('pooled AUC', 'auc_covid'), ('accuracy', 'accuracy'),
-           ('recon MSE', 'recon_mse'))
+           ('recon MSE', 'recon_mse'),
+           # false lesions: the share of a normal slice segmented, lower is better
+           ('normal lesion area', 'normal_lesion_area'))
 
 
 @dataclasses.dataclass(frozen=True)

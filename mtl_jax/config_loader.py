@@ -131,6 +131,7 @@ LEGACY_DEFAULTS = {
     'data.lung_crop': False,                    # 23ceb5f: lung crop
     'loss.pseudo_weight': 0.0,                  # pseudo-label soft masks
     'loss.pseudo_confidence': (0.3, 0.7),
+    'loss.normal_no_lesion_weight': 0.0,        # normal slices as lesion-free
     'init_from': '',                            # fine-tuning from another run
     'data.pseudo_labels': '',                   # self-training label sets
     'loss.recon_mask_ratio': 0.0,               # masked-patch in-painting

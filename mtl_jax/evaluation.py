@@ -21,7 +21,7 @@ from mtl_jax import runtime as runtime_lib
 from mtl_jax.data import pipeline
 
 
-def _predictions(runtime, predict, variables, split, source_name, max_examples):
+def iterate_predictions(runtime, predict, variables, split, source_name, max_examples):
   """(host predictions, host batch) for each sharded, padded batch of a split."""
   config = runtime.config
   parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size',
@@ -39,7 +39,7 @@ def _run(runtime, predict, variables, split, source_name, max_examples, accumula
   """Feed one source's split through the model into every accumulator set
   (and its valid slices' encoder features into `features`, when the predict
   function has extras)."""
-  for predictions, host_batch in _predictions(runtime, predict, variables, split,
+  for predictions, host_batch in iterate_predictions(runtime, predict, variables, split,
                                               source_name, max_examples):
     for accumulators in accumulator_sets:
       for name, accumulator in accumulators.items():
@@ -141,7 +141,7 @@ def _features(runtime, variables, split: str, source_name: str, limit: int) -> n
   """Encoder feature statistics of a split's first `limit` slices (TFDS stores
   a split's examples shuffled)."""
   out = [np.asarray(predictions['features'])[host_batch['valid'] > 0]
-         for predictions, host_batch in _predictions(
+         for predictions, host_batch in iterate_predictions(
              runtime, runtime.predict_fn(extras=True), variables, split, source_name, limit)]
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

@@ -146,12 +146,20 @@ def _cat(parts, shape, dtype) -> np.ndarray:
   return np.concatenate(parts) if parts else np.zeros(shape, dtype)
 
 
+# A slice "has a lesion" when at least this share of it is segmented (~33
+# pixels at 128 px: about one small ground-glass focus).
+VISIBLE_LESION_AREA = 0.002
+
+
 class SegmentationAccumulator:
   """Pools lesion-segmentation counts and per-image scores over a split.
 
   `update` takes integer label maps (B, H, W) (or (B, D, H, W)); the binary
   lesion mask is `label > 0`. With num_classes > 1 each foreground class k
-  also gets a pooled Dice, `dice_class_<k>`.
+  also gets a pooled Dice, `dice_class_<k>`. `update_normal` takes the
+  predictions on slices labelled normal, which have no ground-truth mask but
+  no lesion either: their predicted lesion area is a false-positive rate that
+  Dice (ground-truth masks only) never sees.
   """
 
   def __init__(self, num_classes: int = 1, spacing=None):
@@ -160,6 +168,18 @@ class SegmentationAccumulator:
     self._counts = []        # per image (TP, FP, FN, TN), binary lesion
     self._hd95 = []
     self._class_counts = np.zeros((max(self.num_classes - 1, 0), 3), np.int64)
+    self._normal_area = []   # per normal slice, share of it predicted lesion
+
+  def update_normal(self, pred_labels, valid=None):
+    pred = np.asarray(pred_labels)
+    pred = pred[_valid_mask(valid, pred.shape[0])]
+    if pred.shape[0]:
+      self._normal_area.append(_foreground(pred).reshape(pred.shape[0], -1).mean(axis=1))
+
+  @property
+  def normal_lesion_area(self) -> np.ndarray:
+    """(N,) share of each normal slice predicted lesion."""
+    return _cat(self._normal_area, (0,), np.float64)
 
   def update(self, pred_labels, target_labels, valid=None):
     pred, target = _match_shapes(np.asarray(pred_labels), np.asarray(target_labels))
@@ -222,6 +242,11 @@ class SegmentationAccumulator:
     for k in range(1, self.num_classes):
       out[f'dice_class_{k}'] = (dice_from_counts(*self._class_counts[k - 1]) if n
                                 else nan)
+    area = self.normal_lesion_area
+    out.update(num_normal_slices=int(area.size),
+               normal_lesion_area=float(area.mean()) if area.size else nan,
+               normal_with_lesion=(float(np.mean(area >= VISIBLE_LESION_AREA)) if area.size
+                                   else nan))
     return out
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax import losses, metrics, metrics_summary, models
-from mtl_jax.data.features import CLASS_NAMES
+from mtl_jax.data.features import CLASS_NAMES, is_normal
 from mtl_jax.errors import ConfigError
 
 # A pixel is lesion when its sigmoid probability exceeds this (binary
@@ -88,6 +88,8 @@ class SegmentationTask(Task):
     # Weak targets: model-made soft masks (`soft_mask`), their own weight.
     self.pseudo_weight = float(config.loss.pseudo_weight)
     self.pseudo_confidence = tuple(float(v) for v in config.loss.pseudo_confidence)
+    # Negatives: slices labelled normal (and without a mask) are lesion-free.
+    self.normal_weight = float(config.loss.normal_no_lesion_weight)
     if len(self.pseudo_confidence) != 2 or not (
         0.0 <= self.pseudo_confidence[0] <= self.pseudo_confidence[1] <= 1.0):
       raise ConfigError(f'loss.pseudo_confidence={list(config.loss.pseudo_confidence)}: '
@@ -113,6 +115,12 @@ class SegmentationTask(Task):
           batch['has_soft_mask'] * batch['valid'] * (1.0 - batch['has_mask']),
           self.pseudo_confidence)
       total = total + self.pseudo_weight * terms['pseudo_loss']
+    if self.normal_weight:
+      normal = (is_normal(batch['label_set']) * batch['has_label'] * batch['valid']
+                * (1.0 - batch['has_mask']))
+      terms['normal_ce'] = losses.pixel_cross_entropy(
+          outputs['seg_logits'], jnp.zeros_like(batch['mask']), normal)
+      total = total + self.normal_weight * terms['normal_ce']
     return total, terms
 
   def predict(self, outputs):
@@ -138,6 +146,10 @@ class SegmentationTask(Task):
     valid = (batch['has_mask'] > 0) & (batch['valid'] > 0)
     target = batch['mask'] if self.num_seg_classes > 1 else (batch['mask'] > 0)
     acc.update(predictions['seg_labels'], target.astype(np.int32), valid=valid)
+    if 'label_set' in batch:  # false lesions where the label says none can be
+      acc.update_normal(predictions['seg_labels'],
+                        valid=(batch['valid'] > 0) & (batch['has_label'] > 0)
+                        & (batch['has_mask'] == 0) & is_normal(np.asarray(batch['label_set'])))
 
   def summarize(self, acc, bootstrap=True, num_resamples=1000):
     return metrics_summary.segmentation_summary(acc, bootstrap, num_resamples)

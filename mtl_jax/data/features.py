@@ -18,6 +18,12 @@ import tensorflow_datasets as tfds
 CLASS_NAMES = ('covid19', 'normal', 'other')
 SEG_CLASS_NAMES = ('background', 'ggo', 'consolidation')
 NON_COVID = (0, 1, 1)  # label_set for "normal or other pathology"
+NORMAL_ONLY = (0, 1, 0)  # label_set of a slice known to be normal: no lesion on it
+
+
+def is_normal(label_set):
+  """Per example: the label set is exactly {normal} (numpy or jax arrays)."""
+  return (label_set == np.asarray(NORMAL_ONLY, np.uint8)).all(axis=-1)
 _UINT16_MAX = 65535.0
 
 

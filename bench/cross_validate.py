@@ -59,8 +59,11 @@ def main(argv=None) -> int:
     parser.error('each fold has its own data folder: give the sources with --data_dir, '
                  'not --set data.data_dir')
   exe = shlex.split(args.mtl_jax)
+  folds = [int(f) for f in args.folds.split(',')]
+  if args.reuse_fold0 and 0 not in folds:
+    parser.error('--reuse_fold0 without fold 0 in --folds')
   results = {}
-  for fold in [int(f) for f in args.folds.split(',')]:
+  for fold in folds:
     data = os.path.abspath(os.path.join(args.root, f'data_fold_{fold}'))
     workdir = os.path.join(args.root, f'fold_{fold}')
     evaluated = evaluation.results_path(workdir, 'validation', args.checkpoint)
@@ -69,23 +72,24 @@ def main(argv=None) -> int:
              exe + ['train', '--config', args.config, '--workdir', workdir,
                     f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set],
              exe + ['evaluate', '--workdir', workdir, '--checkpoint', args.checkpoint]]
-    if args.dry_run:
-      print('\n'.join(shlex.join(c) for c in steps))
-      continue
-    if (fold == 0 and args.reuse_fold0 and os.path.lexists(workdir)
-        and os.path.realpath(workdir) != os.path.realpath(args.reuse_fold0)):
-      print(f'--reuse_fold0 {args.reuse_fold0}: {workdir} already holds another run',
-            file=sys.stderr)
-      return 2
-    if fold == 0 and args.reuse_fold0 and not os.path.lexists(workdir):
-      problem = _not_fold0(args, data)
+    if fold == 0 and args.reuse_fold0:
+      problem = _not_fold0(args, data, workdir)
       if problem:
         print(f'--reuse_fold0 {args.reuse_fold0}: {problem}', file=sys.stderr)
         return 2
+      steps = steps[-1:]  # a finished run: at most its evaluation is missing
+    if args.dry_run:
+      print('\n'.join(shlex.join(c) for c in steps))
+      continue
+    if fold == 0 and args.reuse_fold0 and not os.path.lexists(workdir):
       os.makedirs(args.root, exist_ok=True)
       os.symlink(os.path.abspath(args.reuse_fold0), workdir)
       print(f'fold 0: {workdir} -> {args.reuse_fold0}')
-    if not _finished(workdir, evaluated):
+    if fold == 0 and args.reuse_fold0:
+      if not os.path.exists(evaluated) and subprocess.run(steps[0]).returncode:
+        print(f'fold 0: failed: {shlex.join(steps[0])}', file=sys.stderr)
+        return 1
+    elif not _finished(workdir, evaluated):
       os.makedirs(data, exist_ok=True)
       for name in SOURCES:  # the other sources do not depend on the fold
         link = os.path.join(data, name)
@@ -102,12 +106,17 @@ def main(argv=None) -> int:
   return 0
 
 
-def _not_fold0(args, data: str) -> str:
-  """Why `args.reuse_fold0` is not what fold 0 would train ('' if it is)."""
-  saved_path = os.path.join(args.reuse_fold0, 'config.json')
-  if not os.path.exists(saved_path):
+def _not_fold0(args, data: str, workdir: str) -> str:
+  """Why `args.reuse_fold0` cannot be fold 0 ('' if it can): fold 0's folder
+  holds another run, or the run is unfinished, trained another recipe (whole
+  config but the data folder), or on other data (MedSeg not holding out fold
+  0 of split seed 0, or another build of the other sources)."""
+  run = args.reuse_fold0
+  if os.path.lexists(workdir) and os.path.realpath(workdir) != os.path.realpath(run):
+    return f'{workdir} already holds another run'
+  if not os.path.exists(os.path.join(run, 'config.json')):
     return 'no config.json: not a run folder'
-  with open(saved_path) as f:
+  with open(os.path.join(run, 'config.json')) as f:
     saved = json.load(f)
   expected = config_loader.load_config(
       args.config, [f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set])
@@ -115,14 +124,29 @@ def _not_fold0(args, data: str) -> str:
   differ = config_loader.differences(saved, expected.to_dict(), ignored)
   if differ:
     return f'trained another recipe ({", ".join(differ)} differ)'
-  path = datasets.builder_dir('medseg_covid', saved['data']['data_dir'], args.image_size)
+  total = saved['train']['num_train_steps']
+  if checkpointing.select_step(run, 'latest') != total:
+    return f'unfinished (fold 0 must be a run trained to its {total} steps)'
+  size = saved['data']['image_size']
+  run_data = saved['data']['data_dir']
+  if not os.path.isabs(run_data):  # relative to where it was trained: the repository
+    run_data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            run_data)
+  path = datasets.builder_dir('medseg_covid', run_data, size)
   if path is None:
-    return f'its MedSeg data ({saved["data"]["data_dir"]}) is gone; cannot check its fold'
+    return f'its MedSeg data ({run_data}) is gone; cannot check its fold'
   with open(os.path.join(path, 'metadata.json')) as f:
     built = json.load(f)
   if (built.get('fold', 0), built.get('seed')) != (0, 0):
     return (f'its MedSeg data holds out fold {built.get("fold", 0)} of split seed '
             f'{built.get("seed")}, not fold 0 of seed 0')
+  trained_on = (checkpointing.read_meta(run, 'latest')[0].get('preprocessing') or {}).get(
+      'built') or {}
+  for name in SOURCES:
+    here = datasets.builder_dir(name, args.data_dir, size)
+    if name in trained_on and (here is None or
+                               datasets.built_record(here) != trained_on[name]):
+      return f'trained on another build of {name} than {args.data_dir} holds'
   return ''
 
 

@@ -44,7 +44,7 @@ def slice_scores(loaded, split: str, source: str) -> dict:
     label_set = batch['label_set']
     covid = np.where(label_set[:, 0] == 0, 0, np.where(label_set.sum(-1) == 1, 1, -1))
     out['p_covid'].append(np.asarray(predictions['cls_probs'])[valid, 0])
-    out['lesion'].append(np.asarray(predictions['seg_labels'])[valid].mean(axis=(1, 2)))
+    out['lesion'].append((np.asarray(predictions['seg_labels'])[valid] > 0).mean(axis=(1, 2)))
     out['covid'].append(covid[valid])
   return {k: np.concatenate(v) for k, v in out.items()}
 

@@ -8,7 +8,7 @@ Every arm is a preset of `configs/real.py` at its CPU scale (the recipe of
 `real.py:cpu`, with every ingredient it keeps), trained with each seed on the
 same budget, then evaluated on validation at its last step (`plan.checkpoint`).
 When the recipe learns from unlabelled data (pseudo labels, a pre-trained
-start), a `no_unlabelled` arm trains it on its labels alone.
+start), a `no_unlabelled` arm trains it without them.
 
 Budget: 15 runs at real.py:cpu's 3000 steps take ~20 h on the 2-core CPU, so
 every run is shortened to RUN_STEPS (~9 h for the plan). `:length_check`
@@ -30,14 +30,19 @@ TASK_ARMS = (
     ('no_recon', 'cpu,no_recon'),
     ('uncertainty', 'cpu,uncertainty'),
 )
-# Joins the plan when real.py:cpu learns from unlabelled data (issue 13's
-# kept ingredients): the same recipe on its labels alone.
-RECIPE_ARM = ('no_unlabelled', 'cpu,no_unlabelled')
+# Joins the plan when the recipe learns from unlabelled data through pseudo
+# labels or a pre-trained start (issue 13's kept ingredients): the same
+# recipe without them. Its overrides switch them off explicitly, so that
+# neither the plan's overrides nor a sweep's --set bring them back.
+RECIPE_ARM = ('no_unlabelled', 'cpu,no_unlabelled', default.UNLABELLED_OFF)
 
 
-def arms() -> tuple:
-  recipe_arms = (RECIPE_ARM,) if default.uses_unlabelled(real.get_config('cpu')) else ()
-  return TASK_ARMS + recipe_arms
+def arms(overrides=()) -> tuple:
+  """TASK_ARMS, and RECIPE_ARM when real.py:cpu with `overrides` ((key,
+  value) pairs) has an unlabelled-data ingredient."""
+  recipe = real.get_config('cpu')
+  recipe.update_from_flattened_dict(dict(overrides))
+  return TASK_ARMS + ((RECIPE_ARM,) if default.uses_unlabelled(recipe) else ())
 
 
 RUN_STEPS = 1500  # of real.py:cpu's 3000; evaluation stays every 250 steps
@@ -47,11 +52,11 @@ def get_config(arg=None):
   plan = ml_collections.ConfigDict()
   plan.name = 'ablation'
   plan.config = 'configs/real.py'
-  plan.arms = arms()
-  plan.seeds = (0, 1, 2)
-  plan.baseline = 'full'  # compared, seed by seed, with every other arm
   # (KEY, VALUE) pairs: --config.KEY=VALUE for every run
   plan.overrides = (('train.num_train_steps', RUN_STEPS),)
+  plan.arms = arms(plan.overrides)
+  plan.seeds = (0, 1, 2)
+  plan.baseline = 'full'  # compared, seed by seed, with every other arm
   plan.split = 'validation'
   # Each run is compared at its last step, not its best validation step:
   # picking the best of 6-12 noisy evaluations on the same 10 MedSeg slices

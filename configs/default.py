@@ -7,7 +7,7 @@ Presets (big_vision-style `get_config(arg)`):
   no_recon  ablation: segmentation + classification, no reconstruction decoder
   uncertainty  ablation: learned uncertainty weighting of the task losses
   no_unlabelled  ablation: without the unlabelled-data ingredients (no pseudo
-            labels, no pre-trained start): the recipe on its labels alone
+            labels, no pre-trained start; reconstruction still sees every slice)
   pretrain  self-supervised stage: encoder + reconstruction decoder learn
             masked-patch in-painting on every slice (no labels); a three-task
             run then starts from it with --config.init_from=WORKDIR
@@ -39,7 +39,7 @@ def uses_unlabelled(config) -> bool:
 
 
 def drop_unlabelled(config):
-  """The `no_unlabelled` ablation: the recipe on its labelled data alone."""
+  """The `no_unlabelled` ablation: no pseudo labels, no pre-trained start."""
   for (node, leaf), off in _ingredients(config):
     node[leaf] = off
 

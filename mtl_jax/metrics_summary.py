@@ -126,6 +126,7 @@ TABLE_ROWS = (
     ('HD95 (px)', 'hd95', None),
     ('Sensitivity (pixels)', 'sensitivity', None),
     ('Specificity (pixels)', 'specificity', None),
+    ('Lesion area on normal slices', 'normal_lesion_area', None),
     ('Accuracy (3 classes)', 'accuracy', None),
     ('ROC AUC COVID vs rest', 'auc_covid', 'auc_covid_ci95'),
     ('ROC AUC macro one-vs-rest', 'auc_macro', None),

@@ -109,15 +109,16 @@ class SegmentationTask(Task):
       terms['seg_ce'] = losses.pixel_cross_entropy(outputs['seg_logits'],
                                                    batch['mask'], weight)
       total = total + self.ce_weight * terms['seg_ce']
+    # A slice labelled normal is lesion-free whatever a teacher's soft mask says.
+    normal = (is_normal(batch['label_set']) * batch['has_label'] * batch['valid']
+              * (1.0 - batch['has_mask'])) if self.normal_weight else 0.0
     if self.pseudo_weight:
       terms['pseudo_loss'] = losses.pseudo_label_loss(
           outputs['seg_logits'], batch['soft_mask'],
-          batch['has_soft_mask'] * batch['valid'] * (1.0 - batch['has_mask']),
-          self.pseudo_confidence)
+          batch['has_soft_mask'] * batch['valid'] * (1.0 - batch['has_mask'])
+          * (1.0 - normal), self.pseudo_confidence)
       total = total + self.pseudo_weight * terms['pseudo_loss']
     if self.normal_weight:
-      normal = (is_normal(batch['label_set']) * batch['has_label'] * batch['valid']
-                * (1.0 - batch['has_mask']))
       terms['normal_ce'] = losses.pixel_cross_entropy(
           outputs['seg_logits'], jnp.zeros_like(batch['mask']), normal)
       total = total + self.normal_weight * terms['normal_ce']

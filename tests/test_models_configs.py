@@ -251,7 +251,12 @@ def test_no_unlabelled_switches_off_what_the_recipe_learns_from_unlabelled_data(
   from configs import ablation, real
   plain = real.get_config('cpu')
   assert not default.uses_unlabelled(plain)
-  assert 'no_unlabelled' not in dict(ablation.arms())
+  assert 'no_unlabelled' not in [arm[0] for arm in ablation.arms()]
+  # An ingredient given as a plan override brings the arm too, which switches
+  # it off with its own overrides (they win over the plan's).
+  arm = ablation.arms((('loss.pseudo_weight', 0.5),))[-1]
+  assert arm[:2] == ('no_unlabelled', 'cpu,no_unlabelled')
+  assert dict(arm[2])['loss.pseudo_weight'] == 0.0
   original = real.get_config
 
   def recipe_with_ingredients(arg=None):
@@ -264,7 +269,7 @@ def test_no_unlabelled_switches_off_what_the_recipe_learns_from_unlabelled_data(
 
   monkeypatch.setattr(real, 'get_config', recipe_with_ingredients)
   assert default.uses_unlabelled(real.get_config('cpu'))
-  assert dict(ablation.arms())['no_unlabelled'] == 'cpu,no_unlabelled'
+  assert ablation.arms()[-1][:2] == ('no_unlabelled', 'cpu,no_unlabelled')
   monkeypatch.undo()
   with_ingredients = real.get_config('cpu')
   with_ingredients.loss.pseudo_weight, with_ingredients.init_from = 0.5, 'runs/pretrain'

@@ -63,3 +63,21 @@ def test_false_lesions_on_normal_slices_are_reported_and_never_count_in_dice(tin
   one[0, 0, 0] = 1
   tiny.update_normal(one)
   assert tiny.result()['normal_with_lesion'] == 0.0
+
+
+def test_a_teachers_soft_mask_never_overrules_the_normal_label(tiny_config):
+  tiny_config.loss.pseudo_weight = 1.0
+  batch = dict(_batch(), soft_mask=jnp.ones((len(LABEL_SETS), 8, 8)),
+               has_soft_mask=jnp.ones(len(LABEL_SETS)))
+  logits = jnp.zeros((len(LABEL_SETS), 8, 8, 1))
+
+  def pseudo_term(z, normal_weight):
+    tiny_config.loss.normal_no_lesion_weight = normal_weight
+    return tasks.SegmentationTask(tiny_config).loss({'seg_logits': z}, batch)[1]['pseudo_loss']
+
+  # Without the normal term a soft mask teaches every unmasked slice; with it,
+  # not the one labelled normal.
+  assert float(jnp.abs(jax.grad(pseudo_term)(logits, 0.0)[0]).sum()) > 0
+  with_normal = jax.grad(pseudo_term)(logits, 1.0)
+  assert float(jnp.abs(with_normal[0]).sum()) == 0
+  assert float(jnp.abs(with_normal[1:4]).sum()) > 0

@@ -13,7 +13,11 @@ re-entrant: finished runs are skipped, unfinished ones resume. `--collect`
 writes ROOT/results.md (mean ± sd over seeds, CIs, and each arm against the
 baseline with a paired t-test over seeds), ROOT/results.png and
 ROOT/results.csv from what exists, and lists what is missing. `--dry_run`
-prints the plan as a SLURM array job and as a TPU-VM loop.
+prints the plan as a SLURM array job and as a TPU-VM loop. `--reuse_from
+ROOT2` links a finished run under ROOT2 whose whole config is what a run
+would train (e.g. ablation:length_check's `full` runs are real.py:cpu at its
+own length, the same as a quality plan arm's) instead of training it again;
+its evaluation is then shared too.
 
 A grid gives each point its own workdir under --root, named by its
 overrides, run locally in a queue (`--jobs` at a time); `--dry_run` prints
@@ -101,6 +105,9 @@ def main(argv=None) -> int:
   parser.add_argument('--jobs', type=int, default=1)
   parser.add_argument('--launcher', default='', help='prefix for each train command')
   parser.add_argument('--mtl_jax', default='mtl-jax', help='the mtl-jax executable')
+  parser.add_argument('--reuse_from', action='append', default=[],
+                      help='with --plan: a root (e.g. another plan\'s) whose finished run of '
+                      'exactly the same config is linked instead of trained again')
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument('--dry_run', action='store_true')
   mode.add_argument('--collect', action='store_true')
@@ -157,6 +164,13 @@ def run_plan(args) -> int:
 
       def run(item):
         status = ablation.state(plan, item)
+        same = (ablation.same_finished_run(plan, item, args.reuse_from)
+                if status == 'not started' and args.reuse_from else None)
+        if same:
+          os.makedirs(os.path.dirname(item.workdir), exist_ok=True)
+          os.symlink(os.path.abspath(same), item.workdir)
+          print(f'{item.name}: the same run as {same}: linked', flush=True)
+          status = ablation.state(plan, item)
         if status == 'done':
           print(f'{item.name}: done, skipped', flush=True)
           return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import json
 import os
 import shlex
@@ -131,6 +132,28 @@ def commands(plan: dict, run: Run, mtl_jax: str = 'mtl-jax', launcher: str = '',
 def eval_path(plan: dict, run: Run) -> str:
   """The evaluation file of one run (as `mtl-jax evaluate` names it)."""
   return evaluation.results_path(run.workdir, plan['split'], plan['checkpoint'])
+
+
+def same_finished_run(plan: dict, run: Run, roots) -> str | None:
+  """A run folder under one of `roots` (ROOT/NAME or ROOT/ARM/seed_S) that
+  trained to its last step exactly what `run` would train (the whole config,
+  as `foreign_folders` checks it), e.g. another plan's identical arm; None if
+  there is none. The sweep links it instead of training it again."""
+  expected = config_loader.load_config(f'{plan["config"]}:{plan["arms"][run.arm]}',
+                                       overrides(plan, run)).to_dict()
+  for root in roots:
+    for config_path in sorted(glob.glob(os.path.join(root, '*', 'config.json'))
+                              + glob.glob(os.path.join(root, '*', 'seed_*', 'config.json'))):
+      workdir = os.path.dirname(config_path)
+      if os.path.realpath(workdir) == os.path.realpath(run.workdir):
+        continue
+      with open(config_path, encoding='utf-8') as f:
+        saved = json.load(f)
+      if (not _trained_differently(saved, expected, plan['checkpoint'])
+          and checkpointing.select_step(workdir, 'latest')
+          == saved['train']['num_train_steps']):
+        return workdir
+  return None
 
 
 def state(plan: dict, run: Run) -> str:

@@ -70,6 +70,13 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
   assert mixed.returncode == 2
   assert 'cls_only/seed_0 (not an arm of ablation:tiny)' in mixed.stderr
 
+  # Another root links the identical finished runs instead of training them.
+  other = tmp_path / 'again'
+  linked = _sweep(other, synthetic_data_dir, '--reuse_from', str(root))
+  assert linked.returncode == 0, linked.stdout[-3000:] + linked.stderr[-3000:]
+  assert linked.stdout.count(': linked') == 4 and 'Missing' not in linked.stdout
+  assert os.path.realpath(other / 'full' / 'seed_1') == str((root / 'full' / 'seed_1').resolve())
+
 
 def test_unknown_arms_and_seeds_are_one_line_errors(tmp_path):
   for flag, value, message in (('--arms', 'full,nope', 'valid arms of ablation:tiny: full, '

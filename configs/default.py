@@ -35,23 +35,12 @@ UNLABELLED_OFF = (('loss.pseudo_weight', 0.0), ('data.pseudo_labels', ''), ('ini
 def uses_unlabelled(config) -> bool:
   """Whether the recipe learns from unlabelled data (its ablation has a
   `no_unlabelled` arm)."""
-  return any(node[leaf] != off for (node, leaf), off in _ingredients(config))
+  return any(config[key] != off for key, off in UNLABELLED_OFF)  # dotted keys
 
 
 def drop_unlabelled(config):
   """The `no_unlabelled` ablation: no pseudo labels, no pre-trained start."""
-  for (node, leaf), off in _ingredients(config):
-    node[leaf] = off
-
-
-def _ingredients(config):
-  """((the config node holding each ingredient, its field), its off value)."""
-  for key, off in UNLABELLED_OFF:
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    yield (node, leaf), off
+  config.update_from_flattened_dict(dict(UNLABELLED_OFF))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

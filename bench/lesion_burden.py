@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mtl_jax import evaluation, metrics  # noqa: E402
 from mtl_jax import runtime as runtime_lib  # noqa: E402
+from mtl_jax.data import features  # noqa: E402
 
 MIN_AREA = metrics.VISIBLE_LESION_AREA
 
@@ -41,8 +42,7 @@ def slice_scores(loaded, split: str, source: str) -> dict:
   for predictions, batch in evaluation.iterate_predictions(
       runtime, runtime.predict_fn(), loaded.variables, split, source, -1):
     valid = (batch['valid'] > 0) & (batch['has_label'] > 0)
-    label_set = batch['label_set']
-    covid = np.where(label_set[:, 0] == 0, 0, np.where(label_set.sum(-1) == 1, 1, -1))
+    covid = features.covid_vs_rest(np.asarray(batch['label_set']))
     out['p_covid'].append(np.asarray(predictions['cls_probs'])[valid, 0])
     out['lesion'].append((np.asarray(predictions['seg_labels'])[valid] > 0).mean(axis=(1, 2)))
     out['covid'].append(covid[valid])

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax import losses, metrics, metrics_summary, models
-from mtl_jax.data.features import CLASS_NAMES, is_normal
+from mtl_jax.data.features import CLASS_NAMES, covid_vs_rest, is_normal
 from mtl_jax.errors import ConfigError
 
 # A pixel is lesion when its sigmoid probability exceeds this (binary
@@ -237,12 +237,9 @@ class ClassificationTask(Task):
 
   def update(self, acc, predictions, batch):
     valid = (batch['has_label'] > 0) & (batch['valid'] > 0)
-    label_set = batch['label_set']
-    # COVID-vs-rest is known whenever the set is decided about class 0.
-    covid_positive = np.where(label_set[:, 0] == 0, 0,
-                              np.where(label_set.sum(-1) == 1, 1, -1))
     acc.update(predictions['cls_probs'], batch['label'], valid=valid,
-               sources=batch.get('source'), covid_positive=covid_positive)
+               sources=batch.get('source'),
+               covid_positive=covid_vs_rest(np.asarray(batch['label_set'])))
 
   def summarize(self, acc, bootstrap=True, num_resamples=1000):
     return metrics_summary.classification_summary(acc, bootstrap, num_resamples)

@@ -21,6 +21,12 @@ NON_COVID = (0, 1, 1)  # label_set for "normal or other pathology"
 NORMAL_ONLY = (0, 1, 0)  # label_set of a slice known to be normal: no lesion on it
 
 
+def covid_vs_rest(label_set):
+  """Per example: 1 COVID, 0 not COVID, -1 unknown (a set that holds COVID
+  and something else). Known whenever the set is decided about class 0."""
+  return np.where(label_set[:, 0] == 0, 0, np.where(label_set.sum(-1) == 1, 1, -1))
+
+
 def is_normal(label_set):
   """Per example: the label set is exactly {normal} (numpy or jax arrays)."""
   return (label_set == np.asarray(NORMAL_ONLY, np.uint8)).all(axis=-1)

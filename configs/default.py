@@ -10,7 +10,8 @@ Presets (big_vision-style `get_config(arg)`):
             labels, no pre-trained start; reconstruction still sees every slice)
   pretrain  self-supervised stage: encoder + reconstruction decoder learn
             masked-patch in-painting on every slice (no labels); a three-task
-            run then starts from it with --config.init_from=WORKDIR
+            run then starts from it with --config.init_from=WORKDIR (or, in
+            one command, set train.pretrain_steps: mtl_jax/stages.py)
   demo      CPU-sized three-task run on synthetic CT (what `make demo` trains)
   tiny      tiny widths at 64x64 and a few steps, for tests
 Ablation presets combine with a size: `seg_only,demo` or `no_recon,tiny`.
@@ -19,6 +20,8 @@ Ablation presets combine with a size: `seg_only,demo` or `no_recon,tiny`.
 import os
 
 import ml_collections
+
+from mtl_jax import stages
 
 SIZE_PRESETS = ('full', 'demo', 'tiny')
 ABLATIONS = ('seg_only', 'cls_only', 'no_recon', 'uncertainty', 'no_unlabelled')
@@ -29,7 +32,8 @@ PRESETS = SIZE_PRESETS + ABLATIONS + STAGES
 # The ingredients that learn from unlabelled data (issue 13), each with the
 # value that switches it off: model-made soft masks as weak targets (the
 # Inf-Net masks or a self-training label set) and a pre-trained start.
-UNLABELLED_OFF = (('loss.pseudo_weight', 0.0), ('data.pseudo_labels', ''), ('init_from', ''))
+UNLABELLED_OFF = (('loss.pseudo_weight', 0.0), ('data.pseudo_labels', ''), ('init_from', ''),
+                  ('train.pretrain_steps', 0))
 
 
 def uses_unlabelled(config) -> bool:
@@ -137,6 +141,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.global_batch_size = 16
   config.train.num_train_steps = 20_000
+  # A self-supervised pre-training stage of this many steps first, in
+  # WORKDIR/pretrain (mtl_jax/stages.py: the `pretrain` preset's in-painting
+  # on every slice); the three tasks then start from it. 0: from scratch.
+  config.train.pretrain_steps = 0
   config.train.log_every_steps = 50
   config.train.eval_every_steps = 1000
   config.train.checkpoint_every_steps = 1000
@@ -209,7 +217,5 @@ def _apply_preset(config, name):
     config.loss.uncertainty_weighting = True
   elif name == 'no_unlabelled':
     drop_unlabelled(config)
-  elif name == 'pretrain':
-    config.loss.weights.update({'seg': 0.0, 'recon': 1.0, 'cls': 0.0})
-    config.loss.recon_mask_ratio = 0.5
-    config.train.best_metric = '-recon_mse'
+  elif name == 'pretrain':  # the stage that train.pretrain_steps runs first
+    config.update_from_flattened_dict(dict(stages.PRETRAIN_OVERRIDES))

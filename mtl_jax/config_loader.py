@@ -133,6 +133,7 @@ LEGACY_DEFAULTS = {
     'loss.pseudo_confidence': (0.3, 0.7),
     'loss.normal_no_lesion_weight': 0.0,        # normal slices as lesion-free
     'init_from': '',                            # fine-tuning from another run
+    'train.pretrain_steps': 0,                  # a pre-training stage in the run
     'data.pseudo_labels': '',                   # self-training label sets
     'loss.recon_mask_ratio': 0.0,               # masked-patch in-painting
     'loss.recon_mask_patch': 16,

@@ -176,11 +176,14 @@ def _flush_metrics(pending, writer, timing):
   return means
 
 
-def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = None):
+def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = None,
+                       init_from: str | None = None):
   """Train, evaluate periodically, checkpoint; resume if `workdir` has a run.
 
   `interrupt_at_step` stops abruptly (no final save) after that step; tests
-  use it to stand in for a killed process.
+  use it to stand in for a killed process. `init_from` (default:
+  `config.init_from`) is the run a fresh start takes its weights from; the
+  staged runner (`stages.train`) passes its own pre-training stage.
   """
   trainer = Trainer(config)
   built = pipeline.check_built(config)  # a mistake leaves no workdir behind
@@ -188,13 +191,14 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   lead = jax.process_index() == 0
   lock = _lock_workdir(workdir) if lead else None
   try:
-    return _run(config, workdir, trainer, built, interrupt_at_step)
+    return _run(config, workdir, trainer, built, interrupt_at_step,
+                config.init_from if init_from is None else init_from)
   finally:
     if lock is not None:
       lock.close()
 
 
-def _run(config, workdir, trainer, built, interrupt_at_step):
+def _run(config, workdir, trainer, built, interrupt_at_step, init_from):
   """The body of `train_and_evaluate`, once the workdir is locked."""
   lead = jax.process_index() == 0
   parallel.log_topology()
@@ -216,8 +220,8 @@ def _run(config, workdir, trainer, built, interrupt_at_step):
                      'when the replay reaches step %d', best, best)
     else:
       state = trainer.init(jax.random.key(config.seed))
-      if config.init_from:
-        state = _init_from(state, config.init_from, trainer)
+      if init_from:
+        state = _init_from(state, init_from, trainer)
       if lead:
         print(trainer.runtime.summary())
   except BaseException:

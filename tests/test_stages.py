@@ -163,6 +163,53 @@ def test_pretrain_stage_resumes_and_feeds_a_fine_tune(tiny_config, tmp_path, cap
   assert 'loaded' in message and 'encoder, recon_decoder' in message
 
 
+def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
+    tiny_config, tmp_path, caplog):
+  """`train.pretrain_steps`: WORKDIR/pretrain first, then the three tasks from
+  it; a run killed in the stage, resumed, equals one that was not, and a
+  finished stage is reused only by a config that derives the same stage."""
+  from mtl_jax import stages  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.train.pretrain_steps = 4
+  config.train.num_train_steps = 2
+  config.train.eval_every_steps = config.train.checkpoint_every_steps = 2
+  config.eval.bootstrap_resamples = 0
+  killed, straight = str(tmp_path / 'killed'), str(tmp_path / 'straight')
+  stage = stages.pretrain_config(config)
+  assert stage.train.num_train_steps == 4 and stage.train.pretrain_steps == 0
+  assert stage.loss.recon_mask_ratio > 0 and stage.train.best_metric == '-recon_mse'
+  train.train_and_evaluate(stage, os.path.join(killed, 'pretrain'), interrupt_at_step=3)
+  resumed, _ = stages.train(config, killed)
+  other, _ = stages.train(config, straight)
+  _assert_equal_trees(jax.device_get(resumed['params']), jax.device_get(other['params']))
+  for workdir in (killed, straight):
+    assert checkpointing.select_step(os.path.join(workdir, 'pretrain'), 'latest') == 4
+    assert checkpointing.select_step(workdir, 'latest') == 2
+  with open(os.path.join(straight, 'config.json')) as f:
+    assert json.load(f)['init_from'] == ''  # the user's config, not the layout
+
+  # Restarted once the stage has finished: it is not trained again.
+  again = str(tmp_path / 'again')
+  shutil.copytree(os.path.join(straight, 'pretrain'), os.path.join(again, 'pretrain'))
+  stages.train(config, again, interrupt_at_step=1)
+  with caplog.at_level(logging.INFO):
+    state, _ = stages.train(config, again)
+  assert 'not trained again' in caplog.text and int(state['step']) == 2
+  _assert_equal_trees(jax.device_get(state['params']), jax.device_get(other['params']))
+
+  other_data = config.copy_and_resolve_references()
+  other_data.data.rotate_deg = 3.0
+  shutil.rmtree(again)
+  shutil.copytree(os.path.join(straight, 'pretrain'), os.path.join(again, 'pretrain'))
+  with pytest.raises(errors.CheckpointError, match='pre-training stage of other settings'
+                     r'.*data\.rotate_deg'):
+    stages.train(other_data, again)
+  both = config.copy_and_resolve_references()
+  both.init_from = straight
+  with pytest.raises(errors.ConfigError, match='both give the run its starting weights'):
+    stages.train(both, str(tmp_path / 'both'))
+
+
 # --- progressive resizing ------------------------------------------------------------
 
 

@@ -17,7 +17,10 @@ prints the plan as a SLURM array job and as a TPU-VM loop. `--reuse_from
 ROOT2` links a finished run under ROOT2 whose whole config is what a run
 would train (e.g. ablation:length_check's `full` runs are real.py:cpu at its
 own length, the same as a quality plan arm's) instead of training it again;
-its evaluation is then shared too.
+its evaluation is then shared too. A run with a pre-training stage
+(`train.pretrain_steps`) starts from a finished identical stage when the
+plan's root or a --reuse_from root has one (another arm's of the same seed,
+or a plan's standalone `pretrain` run): linked as WORKDIR/pretrain.
 
 A grid gives each point its own workdir under --root, named by its
 overrides, run locally in a queue (`--jobs` at a time); `--dry_run` prints
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
 
 def run_plan(args) -> int:
   """--plan: run (re-entrant), --dry_run or --collect."""
-  from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
+  from mtl_jax import ablation, plan_results, stages  # pylint: disable=g-import-not-at-top
   from mtl_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     plan = ablation.load_plan(args.plan, args.arms, args.seeds)
@@ -171,6 +174,13 @@ def run_plan(args) -> int:
           os.symlink(os.path.abspath(same), item.workdir)
           print(f'{item.name}: the same run as {same}: linked', flush=True)
           status = ablation.state(plan, item)
+        stage_dir = os.path.join(item.workdir, stages.PRETRAIN_DIR)
+        stage = (ablation.same_finished_stage(plan, item, [args.root] + args.reuse_from)
+                 if status == 'not started' and not os.path.lexists(stage_dir) else None)
+        if stage:  # the same pre-training stage, finished: the arms of a seed share it
+          os.makedirs(item.workdir, exist_ok=True)
+          os.symlink(os.path.abspath(stage), stage_dir)
+          print(f'{item.name}: its pre-training stage is {stage}: linked', flush=True)
         if status == 'done':
           print(f'{item.name}: done, skipped', flush=True)
           return None
@@ -183,14 +193,14 @@ def run_plan(args) -> int:
 
       with futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         failures = [f for f in pool.map(run, todo) if f]
-    rows, missing = ablation.collect(plan, args.root)
+    rows, missing = plan_results.collect(plan, args.root)
   except UserError as e:
     print(f'sweep: error: {e}', file=sys.stderr)
     return 2
   report = (f'## {plan["name"]} ({plan["split"]}, {len(rows)} of {len(todo)} runs)\n\n'
             + ablation.describe_arms(plan) + '\n\n'
-            + ablation.summary_table(plan, rows) + '\n\n'
-            + ablation.paired_table(plan, rows) + '\n')
+            + plan_results.summary_table(plan, rows) + '\n\n'
+            + plan_results.paired_table(plan, rows) + '\n')
   if missing:
     report += '\nMissing: ' + ', '.join(missing) + '\n'
   print(report)
@@ -198,8 +208,8 @@ def run_plan(args) -> int:
     os.makedirs(args.root, exist_ok=True)
     with open(os.path.join(args.root, 'results.md'), 'w', encoding='utf-8') as f:
       f.write(report)
-    ablation.write_csv(rows, os.path.join(args.root, 'results.csv'))
-    ablation.bar_chart(plan, rows, os.path.join(args.root, 'results.png'))
+    plan_results.write_csv(rows, os.path.join(args.root, 'results.csv'))
+    plan_results.bar_chart(plan, rows, os.path.join(args.root, 'results.png'))
   for failure in failures:
     print(failure, file=sys.stderr)
   return 1 if failures else 0

@@ -1,4 +1,4 @@
-"""A named plan of runs (arms x seeds): its commands, its state, and its results.
+"""A named plan of runs (arms x seeds): its commands, its state, what it can reuse.
 
 A plan (`configs/ablation.py`, `configs/quality.py`) names a base config
 file, arms (a preset of it each, optionally with the arm's own overrides),
@@ -6,8 +6,7 @@ seeds and overrides shared by every run. Run `ARM` with seed `S`
 lives in `ROOT/ARM/seed_S`; `ROOT/plan.json` records the plan, so a root is
 never shared by two plans. Running is re-entrant: a finished run (trained to
 its last step and evaluated) is skipped, an unfinished one resumes.
-Collecting tables what exists, says what is missing, and compares every arm
-with the baseline seed by seed (paired t-test over seeds).
+`plan_results.py` tables what exists.
 
 `launch/sweep.py --plan` is the command line; this module is what it and the
 tests share.
@@ -15,24 +14,16 @@ tests share.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
 import json
 import os
 import shlex
 
-import numpy as np
-
-from mtl_jax import checkpointing, config_loader, evaluation, jsonio
+from mtl_jax import checkpointing, config_loader, evaluation, jsonio, stages
 from mtl_jax.errors import ConfigError
 
 PLAN_FILE = 'plan.json'
-# (label, key in eval_<split>.json); each source's AUC is added per source.
-METRICS = (('Dice', 'dice'), ('pooled AUC', 'auc_covid'), ('accuracy', 'accuracy'),
-           ('recon MSE', 'recon_mse'),
-           # false lesions: the share of a normal slice segmented, lower is better
-           ('normal lesion area', 'normal_lesion_area'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,17 +130,42 @@ def same_finished_run(plan: dict, run: Run, roots) -> str | None:
   trained to its last step exactly what `run` would train (the whole config,
   as `foreign_folders` checks it), e.g. another plan's identical arm; None if
   there is none. The sweep links it instead of training it again."""
-  expected = config_loader.load_config(f'{plan["config"]}:{plan["arms"][run.arm]}',
-                                       overrides(plan, run)).to_dict()
+  return _finished_like(_config(plan, run).to_dict(), roots, ('*', '*/seed_*'), run.workdir,
+                        _not_compared(plan['checkpoint']))
+
+
+def same_finished_stage(plan: dict, run: Run, roots) -> str | None:
+  """A finished pre-training stage under one of `roots` that is exactly the
+  stage `run` trains first (`stages.pretrain_config`; its kept checkpoint is
+  what the run starts from, so `best_metric` counts): the arms of a seed
+  share one, and another plan's `pretrain` arm can be it. The sweep links it
+  as WORKDIR/pretrain. None if `run` has no stage or none matches."""
+  config = _config(plan, run)
+  if not config.train.pretrain_steps:
+    return None
+  expected = stages.pretrain_config(config).to_dict()
+  return _finished_like(expected, roots, ('*', '*/seed_*', f'*/seed_*/{stages.PRETRAIN_DIR}'),
+                        os.path.join(run.workdir, stages.PRETRAIN_DIR), ('preset',))
+
+
+def _config(plan: dict, run: Run):
+  return config_loader.load_config(f'{plan["config"]}:{plan["arms"][run.arm]}',
+                                   overrides(plan, run))
+
+
+def _finished_like(expected: dict, roots, patterns, exclude: str, ignored) -> str | None:
+  """The first folder (ROOT/PATTERN) trained to its last step with the config
+  `expected` (`config_loader.differences`, less `ignored`), but `exclude`."""
   for root in roots:
-    for config_path in sorted(glob.glob(os.path.join(root, '*', 'config.json'))
-                              + glob.glob(os.path.join(root, '*', 'seed_*', 'config.json'))):
+    paths = sorted({p for pattern in patterns
+                    for p in glob.glob(os.path.join(root, pattern, 'config.json'))})
+    for config_path in paths:
       workdir = os.path.dirname(config_path)
-      if os.path.realpath(workdir) == os.path.realpath(run.workdir):
+      if os.path.realpath(workdir) == os.path.realpath(exclude):
         continue
       with open(config_path, encoding='utf-8') as f:
         saved = json.load(f)
-      if (not _trained_differently(saved, expected, plan['checkpoint'])
+      if (not config_loader.differences(saved, expected, ignored)
           and checkpointing.select_step(workdir, 'latest')
           == saved['train']['num_train_steps']):
         return workdir
@@ -232,9 +248,8 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
         continue
       with open(config_path, encoding='utf-8') as f:
         saved = json.load(f)
-      expected = config_loader.load_config(f'{plan["config"]}:{plan["arms"][arm]}',
-                                           overrides(plan, Run(arm, int(name[5:]), workdir)))
-      differ = _trained_differently(saved, expected.to_dict(), plan['checkpoint'])
+      expected = _config(plan, Run(arm, int(name[5:]), workdir)).to_dict()
+      differ = _trained_differently(saved, expected, plan['checkpoint'])
       if differ:
         foreign.append(f'{arm}/{name} ({", ".join(differ)} differ)')
   return foreign
@@ -244,144 +259,8 @@ def _trained_differently(saved: dict, expected: dict, checkpoint: str) -> list[s
   """Config fields where a run's config.json differs from what its arm trains
   today (`config_loader.differences`); `train.best_metric` does not matter
   when runs are compared at their last step."""
-  return config_loader.differences(
-      saved, expected, ignored=('train.best_metric',) if checkpoint == 'latest' else ())
+  return config_loader.differences(saved, expected, ignored=_not_compared(checkpoint))
 
 
-def _lookup(tree: dict, dotted: str):
-  for key in dotted.split('.'):
-    if not isinstance(tree, dict) or key not in tree:
-      return None
-    tree = tree[key]
-  return json.loads(json.dumps(tree, default=list))  # tuples as config.json holds them
-
-
-def collect(plan: dict, root: str) -> tuple[list[dict], list[str]]:
-  """(one row per finished run: arm, seed and its figures; what is missing)."""
-  foreign = foreign_folders(plan, root)
-  if foreign:
-    raise ConfigError(f'{root} mixes runs of another plan or settings: '
-                      + '; '.join(foreign) + ': move them away or use another --root')
-  rows, missing = [], []
-  for run in runs(plan, root):
-    status = state(plan, run)
-    if status != 'done':
-      missing.append(f'{run.name} ({status})')
-      continue
-    with open(eval_path(plan, run), encoding='utf-8') as f:
-      results = json.load(f)
-    row = {'arm': run.arm, 'seed': run.seed, 'step': results.get('step')}
-    for key in metric_keys([results]):
-      row[key] = _lookup(results, key.replace('/', '.'))
-      row[key + '_ci95'] = _lookup(results, (key + '_ci95').replace('/', '.'))
-    rows.append(row)
-  return rows, missing
-
-
-def metric_keys(results: list[dict]) -> list[str]:
-  keys = [k for _, k in METRICS]
-  sources = sorted({s for r in results for s in (r.get('by_source') or {})})
-  keys += [f'by_source/{s}/auc_covid' for s in sources]
-  return keys
-
-
-def _label(key: str) -> str:
-  return dict((k, l) for l, k in METRICS).get(key) or f'{key.split("/")[1]} AUC'
-
-
-def _values(rows, arm, key) -> dict:
-  return {r['seed']: r[key] for r in rows if r['arm'] == arm and r.get(key) is not None}
-
-
-def keys_present(rows) -> list[str]:
-  ordered = [k for _, k in METRICS] + sorted(
-      {k for r in rows for k in r if k.startswith('by_source/') and not k.endswith('_ci95')})
-  return [k for k in ordered if any(r.get(k) is not None for r in rows)]
-
-
-def summary_table(plan: dict, rows: list[dict]) -> str:
-  """Markdown: per arm and metric, mean ± sd over seeds, then the mean of the
-  runs' own bootstrap 95% CIs (example sampling) in brackets."""
-  keys = keys_present(rows)
-  lines = ['| arm | seeds | ' + ' | '.join(_label(k) for k in keys) + ' |',
-           '|---|---|' + '---|' * len(keys)]
-  for arm in plan['arms']:
-    seeds = sorted({r['seed'] for r in rows if r['arm'] == arm})
-    cells = []
-    for key in keys:
-      values = list(_values(rows, arm, key).values())
-      if not values:
-        cells.append('-')
-        continue
-      spread = f'{np.std(values, ddof=1):.3f}' if len(values) > 1 else '- (1 seed)'
-      cell = f'{np.mean(values):.3f} ± {spread}'
-      cis = [r[key + '_ci95'] for r in rows if r['arm'] == arm and r.get(key + '_ci95')]
-      if cis:
-        cell += f' [{np.mean([c[0] for c in cis]):.3f}, {np.mean([c[1] for c in cis]):.3f}]'
-      cells.append(cell)
-    lines.append(f'| {arm} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
-def paired_table(plan: dict, rows: list[dict]) -> str:
-  """Markdown: each arm minus the baseline, seed by seed, with a paired t-test."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  base = plan['baseline']
-  lines = [f'| arm | metric | mean difference (arm - {base}) | seeds paired | t | p |',
-           '|---|---|---|---|---|---|']
-  for arm in plan['arms']:
-    if arm == base:
-      continue
-    for key in keys_present(rows):
-      ours, theirs = _values(rows, base, key), _values(rows, arm, key)
-      seeds = sorted(set(ours) & set(theirs))
-      if not seeds:
-        continue
-      diff = np.array([theirs[s] - ours[s] for s in seeds])
-      if len(seeds) > 1 and np.std(diff) > 0:
-        test = stats.ttest_rel([theirs[s] for s in seeds], [ours[s] for s in seeds])
-        t, p = f'{test.statistic:.2f}', f'{test.pvalue:.3f}'
-      else:
-        t, p = '-', '- (needs 2+ seeds, and differences that vary)'
-      lines.append(f'| {arm} | {_label(key)} | {diff.mean():+.4f} | {len(seeds)} | {t} | {p} |')
-  return '\n'.join(lines)
-
-
-def bar_chart(plan: dict, rows: list[dict], path: str):
-  """One panel per metric: each arm's mean over seeds, error bars ±1 sd, seeds as dots."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  keys = keys_present(rows)
-  cols = min(4, max(1, len(keys)))
-  fig_rows = -(-len(keys) // cols) or 1
-  fig, axes = plt.subplots(fig_rows, cols, figsize=(3.2 * cols, 3.0 * fig_rows),
-                           squeeze=False, constrained_layout=True)
-  arms = list(plan['arms'])
-  for ax, key in zip(axes.flat, keys):
-    for i, arm in enumerate(arms):
-      values = list(_values(rows, arm, key).values())
-      if not values:
-        continue
-      sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-      ax.bar(i, np.mean(values), yerr=sd, capsize=4, color=f'C{i}', alpha=0.7)
-      ax.plot([i] * len(values), values, 'k.', markersize=4)
-    ax.set_xticks(range(len(arms)), arms, rotation=30, ha='right', fontsize=8)
-    ax.set_title(_label(key), fontsize=9)
-  for ax in list(axes.flat)[len(keys):]:
-    ax.axis('off')
-  fig.suptitle(f'{plan["name"]}: mean ± sd over seeds ({plan["split"]})', fontsize=10)
-  tmp = f'{path}.tmp{os.getpid()}.png'
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
-def write_csv(rows: list[dict], path: str):
-  fields = ['arm', 'seed', 'step'] + keys_present(rows)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
+def _not_compared(checkpoint: str) -> tuple:
+  return ('train.best_metric',) if checkpoint == 'latest' else ()

@@ -178,3 +178,32 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   assert ablation.foreign_folders(narrowed, root) == [
       'base/seed_0 (data.elastic_prob differ)',
       'pseudo_masks/seed_1 (loss.pseudo_weight differ)']
+
+
+def test_the_arms_of_a_seed_share_one_finished_pretraining_stage(tmp_path, synthetic_data_dir):
+  """With `train.pretrain_steps`, every arm of a seed would train the same
+  stage first: the sweep links a finished identical one (`same_finished_stage`),
+  whether another arm's WORKDIR/pretrain or a plan's standalone pretrain run."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from mtl_jax import ablation, config_loader, stages, train  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'ablation.py') + ':tiny')
+  plan['overrides'].update({'data.data_dir': synthetic_data_dir, 'train.pretrain_steps': 4})
+  root = str(tmp_path / 'ablation')
+  run = lambda arm, seed: ablation.Run(arm, seed, os.path.join(root, arm, f'seed_{seed}'))
+  same = lambda p, r: ablation.same_finished_stage(p, r, [root])
+  full0, seg0 = run('full', 0), run('seg_only', 0)
+  assert same(plan, seg0) is None  # nothing trained yet
+  stage = stages.pretrain_config(config_loader.load_config(
+      f'{plan["config"]}:{plan["arms"]["full"]}', ablation.overrides(plan, full0)))
+  stage_dir = os.path.join(full0.workdir, stages.PRETRAIN_DIR)
+  train.train_and_evaluate(stage, stage_dir, interrupt_at_step=3)
+  assert same(plan, seg0) is None  # killed at step 3 of 4: not finished
+  train.train_and_evaluate(stage, stage_dir)
+  assert same(plan, seg0) == stage_dir  # another arm of the seed: the same stage
+  assert same(plan, run('seg_only', 1)) is None  # another seed
+  assert same(plan, full0) is None  # a run's own stage is not another's
+  for key, value in (('data.rotate_deg', 3.0), ('train.pretrain_steps', 0)):
+    assert same(dict(plan, overrides={**plan['overrides'], key: value}), seg0) is None
+  standalone = os.path.join(root, 'pretrain', 'seed_0')  # configs/quality.py's `pretrain` arm
+  shutil.move(stage_dir, standalone)
+  assert same(plan, seg0) == standalone

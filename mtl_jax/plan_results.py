@@ -1,0 +1,162 @@
+"""A plan's results: one row per finished run, tables, a chart and a CSV.
+
+Collecting tables what exists, says what is missing, and compares every arm
+with the baseline seed by seed (paired t-test over seeds). The plan and its
+runs are `ablation.py`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from mtl_jax.ablation import eval_path, foreign_folders, runs, state
+from mtl_jax.errors import ConfigError
+
+# (label, key in eval_<split>.json); each source's AUC is added per source.
+METRICS = (('Dice', 'dice'), ('pooled AUC', 'auc_covid'), ('accuracy', 'accuracy'),
+           ('recon MSE', 'recon_mse'),
+           # false lesions: the share of a normal slice segmented, lower is better
+           ('normal lesion area', 'normal_lesion_area'))
+
+
+def _lookup(tree: dict, dotted: str):
+  for key in dotted.split('.'):
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return json.loads(json.dumps(tree, default=list))  # tuples as config.json holds them
+
+
+def collect(plan: dict, root: str) -> tuple[list[dict], list[str]]:
+  """(one row per finished run: arm, seed and its figures; what is missing)."""
+  foreign = foreign_folders(plan, root)
+  if foreign:
+    raise ConfigError(f'{root} mixes runs of another plan or settings: '
+                      + '; '.join(foreign) + ': move them away or use another --root')
+  rows, missing = [], []
+  for run in runs(plan, root):
+    status = state(plan, run)
+    if status != 'done':
+      missing.append(f'{run.name} ({status})')
+      continue
+    with open(eval_path(plan, run), encoding='utf-8') as f:
+      results = json.load(f)
+    row = {'arm': run.arm, 'seed': run.seed, 'step': results.get('step')}
+    for key in metric_keys([results]):
+      row[key] = _lookup(results, key.replace('/', '.'))
+      row[key + '_ci95'] = _lookup(results, (key + '_ci95').replace('/', '.'))
+    rows.append(row)
+  return rows, missing
+
+
+def metric_keys(results: list[dict]) -> list[str]:
+  keys = [k for _, k in METRICS]
+  sources = sorted({s for r in results for s in (r.get('by_source') or {})})
+  keys += [f'by_source/{s}/auc_covid' for s in sources]
+  return keys
+
+
+def _label(key: str) -> str:
+  return dict((k, l) for l, k in METRICS).get(key) or f'{key.split("/")[1]} AUC'
+
+
+def _values(rows, arm, key) -> dict:
+  return {r['seed']: r[key] for r in rows if r['arm'] == arm and r.get(key) is not None}
+
+
+def keys_present(rows) -> list[str]:
+  ordered = [k for _, k in METRICS] + sorted(
+      {k for r in rows for k in r if k.startswith('by_source/') and not k.endswith('_ci95')})
+  return [k for k in ordered if any(r.get(k) is not None for r in rows)]
+
+
+def summary_table(plan: dict, rows: list[dict]) -> str:
+  """Markdown: per arm and metric, mean ± sd over seeds, then the mean of the
+  runs' own bootstrap 95% CIs (example sampling) in brackets."""
+  keys = keys_present(rows)
+  lines = ['| arm | seeds | ' + ' | '.join(_label(k) for k in keys) + ' |',
+           '|---|---|' + '---|' * len(keys)]
+  for arm in plan['arms']:
+    seeds = sorted({r['seed'] for r in rows if r['arm'] == arm})
+    cells = []
+    for key in keys:
+      values = list(_values(rows, arm, key).values())
+      if not values:
+        cells.append('-')
+        continue
+      spread = f'{np.std(values, ddof=1):.3f}' if len(values) > 1 else '- (1 seed)'
+      cell = f'{np.mean(values):.3f} ± {spread}'
+      cis = [r[key + '_ci95'] for r in rows if r['arm'] == arm and r.get(key + '_ci95')]
+      if cis:
+        cell += f' [{np.mean([c[0] for c in cis]):.3f}, {np.mean([c[1] for c in cis]):.3f}]'
+      cells.append(cell)
+    lines.append(f'| {arm} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def paired_table(plan: dict, rows: list[dict]) -> str:
+  """Markdown: each arm minus the baseline, seed by seed, with a paired t-test."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  base = plan['baseline']
+  lines = [f'| arm | metric | mean difference (arm - {base}) | seeds paired | t | p |',
+           '|---|---|---|---|---|---|']
+  for arm in plan['arms']:
+    if arm == base:
+      continue
+    for key in keys_present(rows):
+      ours, theirs = _values(rows, base, key), _values(rows, arm, key)
+      seeds = sorted(set(ours) & set(theirs))
+      if not seeds:
+        continue
+      diff = np.array([theirs[s] - ours[s] for s in seeds])
+      if len(seeds) > 1 and np.std(diff) > 0:
+        test = stats.ttest_rel([theirs[s] for s in seeds], [ours[s] for s in seeds])
+        t, p = f'{test.statistic:.2f}', f'{test.pvalue:.3f}'
+      else:
+        t, p = '-', '- (needs 2+ seeds, and differences that vary)'
+      lines.append(f'| {arm} | {_label(key)} | {diff.mean():+.4f} | {len(seeds)} | {t} | {p} |')
+  return '\n'.join(lines)
+
+
+def bar_chart(plan: dict, rows: list[dict], path: str):
+  """One panel per metric: each arm's mean over seeds, error bars ±1 sd, seeds as dots."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  keys = keys_present(rows)
+  cols = min(4, max(1, len(keys)))
+  fig_rows = -(-len(keys) // cols) or 1
+  fig, axes = plt.subplots(fig_rows, cols, figsize=(3.2 * cols, 3.0 * fig_rows),
+                           squeeze=False, constrained_layout=True)
+  arms = list(plan['arms'])
+  for ax, key in zip(axes.flat, keys):
+    for i, arm in enumerate(arms):
+      values = list(_values(rows, arm, key).values())
+      if not values:
+        continue
+      sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+      ax.bar(i, np.mean(values), yerr=sd, capsize=4, color=f'C{i}', alpha=0.7)
+      ax.plot([i] * len(values), values, 'k.', markersize=4)
+    ax.set_xticks(range(len(arms)), arms, rotation=30, ha='right', fontsize=8)
+    ax.set_title(_label(key), fontsize=9)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.axis('off')
+  fig.suptitle(f'{plan["name"]}: mean ± sd over seeds ({plan["split"]})', fontsize=10)
+  tmp = f'{path}.tmp{os.getpid()}.png'
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def write_csv(rows: list[dict], path: str):
+  fields = ['arm', 'seed', 'step'] + keys_present(rows)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)

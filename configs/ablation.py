@@ -10,8 +10,8 @@ same budget, then evaluated on validation at its last step (`plan.checkpoint`).
 When the recipe learns from unlabelled data (pseudo labels, a pre-trained
 start), a `no_unlabelled` arm trains it without them.
 
-Budget: 15 runs at real.py:cpu's 3000 steps take ~20 h on the 2-core CPU, so
-every run is shortened to RUN_STEPS (~9 h for the plan). `:length_check`
+Budget: 18 runs at real.py:cpu's 3000 steps take ~26 h on the 2-core CPU, so
+every run is shortened to RUN_STEPS (~13 h for the plan). `:length_check`
 trains the full and seg_only arms at the full 3000 steps with two seeds, to
 show that the ranking at the shorter length is the ranking at full length
 (bench/RESULTS.md). `:tiny` is a 2 x 2 plan of a few steps on synthetic data,

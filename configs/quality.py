@@ -8,19 +8,18 @@ test; `base` is the recipe without any. `--collect` compares each arm with
 `base` seed by seed (paired t-test), which is the rule for keeping an
 ingredient: it must win by more than the spread between seeds.
 
-Arms that need prepared data (see README "Quality from little data"):
-- `pseudo_masks`: the Inf-Net soft masks built into `data_pseudo/`
-  (`mtl-jax build-data covid19_ct_seg --data_dir data_pseudo --use_pseudo_masks`,
-  the other sources linked from `data/`).
+Every arm reads `data/`, built as configs/real.py says (covid19_ct_seg with
+its Inf-Net soft masks: `--use_pseudo_masks`; the arms without pseudo masks
+never read them). Arms that need more prepared data (README "Quality from
+little data"):
 
 - `self_training`: a label set made by the same seed's `pseudo_masks` run
   (the teacher) on every unmasked COVID-19-CT-Seg training slice, before the
   student runs: `mtl-jax pseudo-label --checkpoint
   runs/quality/pseudo_masks/seed_S --which latest --dataset covid19_ct_seg
   --data_dir data --name round1_seed_S` (the teacher's last step, as it is
-  compared). The student reads the teacher's masks only (data/,
-  not the Inf-Net masks of data_pseudo/). Without the set the run stops with
-  a one-line error and the sweep goes on.
+  compared). Without the set the run stops with a one-line error and the
+  sweep goes on.
 - `resize_256`: every source built at 256 px as well (`mtl-jax build-data
   NAME --data_dir data --image_size 256`); 2750 steps on slices downsized to
   128 px, the last 250 (and every evaluation) at 256 (~100 min).
@@ -28,7 +27,7 @@ Arms that need prepared data (see README "Quality from little data"):
 - `normal_no_lesion`: slices labelled normal (MosMed CT-0, China) learnt as
   lesion-free (`loss.normal_no_lesion_weight`); no data to prepare.
 
-- `together`: the kept ingredients in one run; needs `data_pseudo/` (~88 min).
+- `together`: the kept ingredients in one run, i.e. real.py:cpu (~88 min).
 
 Two-stage arms: `pretrain` is the self-supervised stage (masked-patch
 in-painting, `real.py:cpu,pretrain`, 1000 steps; only its reconstruction is
@@ -38,32 +37,30 @@ comparable with `base`); `pretrained` is `base` started from the same seed's
 
 import ml_collections
 
-PSEUDO_DATA_DIR = 'data_pseudo'
-
-# The ingredients kept one by one (bench/RESULTS.md): pseudo masks (Dice),
-# normal slices as lesion-free (false lesions). Not the pre-trained start:
-# over two seeds it neither won nor lost by more than the seed spread.
-TOGETHER = (('data.data_dir', PSEUDO_DATA_DIR), ('loss.pseudo_weight', 0.5),
-            ('loss.normal_no_lesion_weight', 1.0))
+# real.py:cpu keeps two ingredients (bench/RESULTS.md): the Inf-Net pseudo
+# masks (Dice) and normal slices as lesion-free (false lesions). Each arm
+# switches off what it does not test, so `base` is the recipe without any
+# ingredient, as every arm was measured against. Not kept: the pre-trained
+# start (over two seeds it neither won nor lost by more than the seed spread).
+RECIPE_OFF = (('loss.pseudo_weight', 0.0), ('loss.normal_no_lesion_weight', 0.0))
 
 ARMS = (
-    ('base', 'cpu'),
-    ('pseudo_masks', 'cpu', (('data.data_dir', PSEUDO_DATA_DIR),
-                             ('loss.pseudo_weight', 0.5))),
+    ('base', 'cpu', RECIPE_OFF),
+    ('pseudo_masks', 'cpu', (('loss.normal_no_lesion_weight', 0.0),)),
     ('pretrain', 'cpu,pretrain'),
-    ('pretrained', 'cpu', (('init_from', '{root}/pretrain/seed_{seed}'),)),
+    ('pretrained', 'cpu', RECIPE_OFF + (('init_from', '{root}/pretrain/seed_{seed}'),)),
     ('self_training', 'cpu', (('data.pseudo_labels', 'round1_seed_{seed}'),
-                              ('loss.pseudo_weight', 0.5))),
-    ('resize_256', 'cpu', (('data.image_size', 256),
-                           ('data.train_size_schedule', '((128, 2750),)'))),
+                              ('loss.normal_no_lesion_weight', 0.0))),
+    ('resize_256', 'cpu', RECIPE_OFF + (('data.image_size', 256),
+                                        ('data.train_size_schedule', '((128, 2750),)'))),
     # Not an ingredient of the issue: slices labelled normal are lesion-free
     # (the segmentation head otherwise paints ~45% of a normal MosMed slice).
-    ('normal_no_lesion', 'cpu', (('loss.normal_no_lesion_weight', 1.0),)),
+    ('normal_no_lesion', 'cpu', (('loss.pseudo_weight', 0.0),)),
     # Not an ingredient of the issue: every run's UCSD/MosMed AUC is still
     # rising at step 3000, and 4000 steps (~110 min) still fit the 2 h budget.
-    ('steps_4000', 'cpu', (('train.num_train_steps', 4000),)),
-    # The kept ingredients at once: what real.py:cpu becomes.
-    ('together', 'cpu', TOGETHER),
+    ('steps_4000', 'cpu', RECIPE_OFF + (('train.num_train_steps', 4000),)),
+    # The kept ingredients at once: real.py:cpu itself.
+    ('together', 'cpu'),
 )
 
 

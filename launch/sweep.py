@@ -21,6 +21,10 @@ its evaluation is then shared too. A run with a pre-training stage
 (`train.pretrain_steps`) starts from a finished identical stage when the
 plan's root or a --reuse_from root has one (another arm's of the same seed,
 or a plan's standalone `pretrain` run): linked as WORKDIR/pretrain.
+`--keep_results DIR` copies each finished run's results (config,
+evaluation, validation history; kilobytes, no checkpoints) to DIR: a plan
+compared at the last step counts them as finished runs, so `--collect
+--root DIR` tables them and `--reuse_from DIR` links them after ROOT is gone.
 
 A grid gives each point its own workdir under --root, named by its
 overrides, run locally in a queue (`--jobs` at a time); `--dry_run` prints
@@ -111,6 +115,9 @@ def main(argv=None) -> int:
   parser.add_argument('--reuse_from', action='append', default=[],
                       help='with --plan: a root (e.g. another plan\'s) whose finished run of '
                       'exactly the same config is linked instead of trained again')
+  parser.add_argument('--keep_results', default=None, metavar='DIR',
+                      help='with --plan: copy each finished run\'s config, evaluation and '
+                      'validation history (no checkpoints) to DIR/ARM/seed_S')
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument('--dry_run', action='store_true')
   mode.add_argument('--collect', action='store_true')
@@ -194,6 +201,9 @@ def run_plan(args) -> int:
       with futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         failures = [f for f in pool.map(run, todo) if f]
     rows, missing = plan_results.collect(plan, args.root)
+    if args.keep_results:
+      kept = plan_results.keep(plan, args.root, args.keep_results)
+      print(f'results of {len(kept)} runs kept in {args.keep_results}', flush=True)
   except UserError as e:
     print(f'sweep: error: {e}', file=sys.stderr)
     return 2

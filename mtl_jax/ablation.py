@@ -5,8 +5,11 @@ file, arms (a preset of it each, optionally with the arm's own overrides),
 seeds and overrides shared by every run. Run `ARM` with seed `S`
 lives in `ROOT/ARM/seed_S`; `ROOT/plan.json` records the plan, so a root is
 never shared by two plans. Running is re-entrant: a finished run (trained to
-its last step and evaluated) is skipped, an unfinished one resumes.
-`plan_results.py` tables what exists.
+its last step and evaluated) is skipped, an unfinished one resumes. A plan
+compared at the last step (`checkpoint='latest'`) needs only a run's
+evaluation of that step, not its checkpoints: results kept without them
+(`plan_results.keep`, e.g. in git while the checkpoints lived on scratch)
+still count. `plan_results.py` tables what exists.
 
 `launch/sweep.py --plan` is the command line; this module is what it and the
 tests share.
@@ -128,10 +131,11 @@ def eval_path(plan: dict, run: Run) -> str:
 def same_finished_run(plan: dict, run: Run, roots) -> str | None:
   """A run folder under one of `roots` (ROOT/NAME or ROOT/ARM/seed_S) that
   trained to its last step exactly what `run` would train (the whole config,
-  as `foreign_folders` checks it), e.g. another plan's identical arm; None if
-  there is none. The sweep links it instead of training it again."""
+  as `foreign_folders` checks it), e.g. another plan's identical arm or the
+  kept results of this plan's run; None if there is none. The sweep links it
+  instead of training it again."""
   return _finished_like(_config(plan, run).to_dict(), roots, ('*', '*/seed_*'), run.workdir,
-                        _not_compared(plan['checkpoint']))
+                        _not_compared(plan['checkpoint']), plan)
 
 
 def same_finished_stage(plan: dict, run: Run, roots) -> str | None:
@@ -153,9 +157,11 @@ def _config(plan: dict, run: Run):
                                    overrides(plan, run))
 
 
-def _finished_like(expected: dict, roots, patterns, exclude: str, ignored) -> str | None:
+def _finished_like(expected: dict, roots, patterns, exclude: str, ignored,
+                   plan: dict | None = None) -> str | None:
   """The first folder (ROOT/PATTERN) trained to its last step with the config
-  `expected` (`config_loader.differences`, less `ignored`), but `exclude`."""
+  `expected` (`config_loader.differences`, less `ignored`), but `exclude`;
+  with `plan`, one holding the plan's evaluation of its last step counts too."""
   for root in roots:
     paths = sorted({p for pattern in patterns
                     for p in glob.glob(os.path.join(root, pattern, 'config.json'))})
@@ -165,9 +171,11 @@ def _finished_like(expected: dict, roots, patterns, exclude: str, ignored) -> st
         continue
       with open(config_path, encoding='utf-8') as f:
         saved = json.load(f)
-      if (not config_loader.differences(saved, expected, ignored)
-          and checkpointing.select_step(workdir, 'latest')
-          == saved['train']['num_train_steps']):
+      if config_loader.differences(saved, expected, ignored):
+        continue
+      total = saved['train']['num_train_steps']
+      if (checkpointing.select_step(workdir, 'latest') == total
+          or (plan and evaluated_last_step(plan, workdir, total))):
         return workdir
   return None
 
@@ -177,13 +185,16 @@ def state(plan: dict, run: Run) -> str:
 
   Done: trained to its last step, and evaluated at the plan's checkpoint
   (`best`, or `latest`: the last step); an evaluation of an earlier best
-  does not count.
+  does not count. An evaluation of the last step is enough, checkpoints
+  or not (`evaluated_last_step`).
   """
   config_path = os.path.join(run.workdir, 'config.json')
   if not os.path.exists(config_path):
     return 'not started'
   with open(config_path, encoding='utf-8') as f:
     total = int(json.load(f)['train']['num_train_steps'])
+  if evaluated_last_step(plan, run.workdir, total):
+    return 'done'
   step = checkpointing.select_step(run.workdir, 'latest') or 0
   if step < total:
     return f'step {step} of {total}'
@@ -195,6 +206,17 @@ def state(plan: dict, run: Run) -> str:
       if json.load(f).get('step') == wanted:
         return 'done'
   return 'trained'
+
+
+def evaluated_last_step(plan: dict, workdir: str, total: int) -> bool:
+  """Whether WORKDIR holds the plan's evaluation of step `total`, its last:
+  with `checkpoint='latest'` that evaluation is the run's result, and the run
+  needs neither training nor its checkpoints any more."""
+  path = evaluation.results_path(workdir, plan['split'], plan['checkpoint'])
+  if plan['checkpoint'] != 'latest' or not os.path.exists(path):
+    return False
+  with open(path, encoding='utf-8') as f:
+    return json.load(f).get('step') == total
 
 
 def claim_root(plan: dict, root: str):

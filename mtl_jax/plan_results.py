@@ -1,8 +1,12 @@
 """A plan's results: one row per finished run, tables, a chart and a CSV.
 
 Collecting tables what exists, says what is missing, and compares every arm
-with the baseline seed by seed (paired t-test over seeds). The plan and its
-runs are `ablation.py`'s.
+with the baseline seed by seed (paired t-test over seeds). Keeping copies
+each finished run's result files (config, evaluation, validation history:
+kilobytes, no checkpoints) to another root, where they still count as
+finished runs: results outlive a purged scratch folder, and a later sweep
+links them instead of training again. The plan and its runs are
+`ablation.py`'s.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 
-from mtl_jax.ablation import eval_path, foreign_folders, runs, state
+from mtl_jax import history, jsonio
+from mtl_jax.ablation import claim_root, eval_path, foreign_folders, runs, state
 from mtl_jax.errors import ConfigError
 
 # (label, key in eval_<split>.json); each source's AUC is added per source.
@@ -160,3 +166,34 @@ def write_csv(rows: list[dict], path: str):
     writer.writeheader()
     writer.writerows(rows)
   os.replace(tmp, path)
+
+
+# What a finished run's result is: what it trained, its evaluation, its curve.
+KEPT_FILES = ('config.json', history.FILE)
+
+
+def keep(plan: dict, root: str, dest: str) -> list[str]:
+  """Copy every finished run's result files from ROOT to DEST (ARM/seed_S
+  each, replaced whole; DEST records the plan as a root does, and refuses
+  another plan's); the names of the runs kept. Only a plan compared at the
+  last step can be kept without checkpoints."""
+  if plan['checkpoint'] != 'latest':
+    raise ConfigError(f'plan {plan["name"]} compares each run at its best checkpoint, '
+                      'which needs the checkpoints: keep the whole run folders instead')
+  claim_root(plan, dest)
+  kept = []
+  for run in runs(plan, root):
+    if state(plan, run) != 'done':
+      continue
+    target = os.path.join(dest, run.arm, f'seed_{run.seed}')
+    if os.path.realpath(run.workdir) == os.path.realpath(target):
+      continue  # already a kept result (a sweep linked it from DEST)
+    tmp = f'{target}.tmp{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for path in [os.path.join(run.workdir, name) for name in KEPT_FILES] + [eval_path(plan, run)]:
+      if os.path.exists(path):
+        shutil.copy2(path, tmp)
+    jsonio.replace_dir(tmp, target)
+    kept.append(run.name)
+  return kept

@@ -62,6 +62,20 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
   assert (root / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert json.loads((root / 'plan.json').read_text())['name'] == 'ablation:tiny'
 
+  # The results kept without checkpoints (a purged scratch root) are still
+  # the plan's finished runs: tabled from there, and linked by a later sweep.
+  kept = tmp_path / 'kept'
+  keeping = _sweep(root, synthetic_data_dir, '--collect', '--keep_results', str(kept))
+  assert keeping.returncode == 0 and 'results of 4 runs kept' in keeping.stdout, keeping.stderr
+  assert sorted(os.listdir(kept / 'full' / 'seed_0')) == [
+      'config.json', 'eval_validation_latest.json', 'validation_history.jsonl']
+  from_kept = _sweep(kept, synthetic_data_dir, '--collect')
+  assert from_kept.returncode == 0 and 'Missing' not in from_kept.stdout, from_kept.stderr
+  assert (kept / 'results.md').read_text() == table.replace(str(root), str(kept))
+  relinked = _sweep(tmp_path / 'later', synthetic_data_dir, '--reuse_from', str(kept))
+  assert relinked.returncode == 0, relinked.stdout[-3000:] + relinked.stderr[-3000:]
+  assert relinked.stdout.count(': linked') == 4 and 'Missing' not in relinked.stdout
+
   # Another plan's run under the same root: refused, naming the folder.
   stray = root / 'cls_only' / 'seed_0'
   stray.mkdir(parents=True)
@@ -99,8 +113,8 @@ def test_dry_run_prints_a_slurm_array_and_a_tpu_loop(tmp_path):
 
 def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp_path):
   """configs/quality.py: an arm is a preset plus its own overrides (the
-  pseudo-mask data and weight); they reach its commands, the root's record and
-  the check that refuses runs made with other settings."""
+  recipe's ingredients it switches off); they reach its commands, the root's
+  record and the check that refuses runs made with other settings."""
   from mtl_jax import ablation, config_loader  # pylint: disable=g-import-not-at-top
   from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   plan = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
@@ -112,20 +126,22 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   assert f'--config.init_from={root}/pretrain/seed_1' in ablation.commands(plan, later)[0]
   train_base = ablation.commands(plan, base)[0]
   train_pseudo = ablation.commands(plan, pseudo)[0]
-  assert '--config.data.data_dir=data_pseudo' in train_pseudo
-  assert '--config.loss.pseudo_weight=0.5' in train_pseudo
-  assert not any('pseudo' in arg for arg in train_base)
-  assert 'data.data_dir=data_pseudo' in ablation.describe_arms(plan)
+  # real.py:cpu keeps the pseudo masks; the arm that tests them alone turns
+  # the other ingredient off, and base turns both off.
+  assert '--config.loss.normal_no_lesion_weight=0.0' in train_pseudo
+  assert not any('pseudo_weight' in arg for arg in train_pseudo)
+  assert '--config.loss.pseudo_weight=0.0' in train_base
+  assert 'loss.pseudo_weight=0.0' in ablation.describe_arms(plan)
   # Every arm is evaluated (and tabled) at its last step.
   assert ablation.commands(plan, base)[1][-2:] == ['--checkpoint', 'latest']
   assert ablation.eval_path(plan, base).endswith('eval_validation_latest.json')
 
   ablation.claim_root(plan, root)
   recorded = json.loads((tmp_path / 'quality' / 'plan.json').read_text())
-  assert recorded['arms']['pseudo_masks']['overrides']['loss.pseudo_weight'] == 0.5
-  assert recorded['arms']['base'] == 'cpu'
+  assert recorded['arms']['pseudo_masks']['overrides']['loss.normal_no_lesion_weight'] == 0.0
+  assert recorded['arms']['together'] == 'cpu'
   changed = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
-  changed['arm_overrides']['pseudo_masks']['loss.pseudo_weight'] = 1.0
+  changed['arm_overrides']['pseudo_masks']['loss.normal_no_lesion_weight'] = 1.0
   with pytest.raises(ConfigError, match='arm pseudo_masks'):
     ablation.claim_root(changed, root)
   # Narrowed to one arm, the same root is still this plan's.

@@ -245,37 +245,36 @@ def test_train_step_compiler_options_do_not_change_what_is_learned(monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_no_unlabelled_switches_off_what_the_recipe_learns_from_unlabelled_data(monkeypatch):
-  """The ablation arm `no_unlabelled` exists once real.py:cpu keeps an
-  unlabelled-data ingredient, and its config has none of them left."""
+def test_no_unlabelled_switches_off_what_the_recipe_learns_from_unlabelled_data():
+  """real.py:cpu keeps the Inf-Net pseudo masks, so the ablation has a
+  `no_unlabelled` arm, and its config has none of them left (normal slices
+  as lesion-free stay: they are labelled)."""
   from configs import ablation, real
-  plain = real.get_config('cpu')
-  assert not default.uses_unlabelled(plain)
-  assert 'no_unlabelled' not in [arm[0] for arm in ablation.arms()]
-  # An ingredient given as a plan override brings the arm too, which switches
-  # it off with its own overrides (they win over the plan's).
-  arm = ablation.arms((('loss.pseudo_weight', 0.5),))[-1]
-  assert arm[:2] == ('no_unlabelled', 'cpu,no_unlabelled')
-  assert dict(arm[2])['loss.pseudo_weight'] == 0.0
-  original = real.get_config
-
-  def recipe_with_ingredients(arg=None):
-    config = original(arg)
-    if 'no_unlabelled' not in (arg or ''):
-      config.loss.pseudo_weight = 0.5
-      config.data.pseudo_labels = 'round1'
-      config.init_from = 'runs/pretrain'
-    return config
-
-  monkeypatch.setattr(real, 'get_config', recipe_with_ingredients)
-  assert default.uses_unlabelled(real.get_config('cpu'))
-  assert ablation.arms()[-1][:2] == ('no_unlabelled', 'cpu,no_unlabelled')
-  monkeypatch.undo()
-  with_ingredients = real.get_config('cpu')
-  with_ingredients.loss.pseudo_weight, with_ingredients.init_from = 0.5, 'runs/pretrain'
-  default.drop_unlabelled(with_ingredients)
-  assert with_ingredients.to_dict() == plain.to_dict()
-  ablated = real.get_config('cpu,no_unlabelled')  # today: the plain recipe, renamed
+  recipe = real.get_config('cpu')
+  assert default.uses_unlabelled(recipe)
+  assert (recipe.loss.pseudo_weight, recipe.loss.normal_no_lesion_weight) == (0.5, 1.0)
+  arm = ablation.arms()[-1]
+  assert arm == ('no_unlabelled', 'cpu,no_unlabelled', default.UNLABELLED_OFF)
+  # A plan that switches the ingredient off for every arm has no such arm.
+  assert 'no_unlabelled' not in [a[0] for a in ablation.arms((('loss.pseudo_weight', 0.0),))]
+  ablated = real.get_config('cpu,no_unlabelled')
   assert ablated.preset == 'real:cpu,no_unlabelled'
-  ablated.preset = plain.preset
-  assert ablated.to_dict() == plain.to_dict()
+  assert not default.uses_unlabelled(ablated) and ablated.loss.normal_no_lesion_weight == 1.0
+  more = real.get_config('cpu')
+  more.data.pseudo_labels, more.init_from = 'round1', 'runs/pretrain'
+  default.drop_unlabelled(more)
+  ablated.preset = more.preset
+  assert ablated.to_dict() == more.to_dict()
+
+
+def test_the_pretrain_preset_is_the_stage_the_recipe_derives():
+  """`real.py:cpu,pretrain` trained standalone is the stage that
+  `train.pretrain_steps` would train first (so either can stand for the
+  other): none of the three-task stage's ingredients."""
+  from configs import real
+  from mtl_jax import stages
+  recipe = real.get_config('cpu')
+  recipe.train.pretrain_steps = 1000
+  derived = stages.pretrain_config(recipe).to_dict()
+  standalone = real.get_config('cpu,pretrain').to_dict()
+  assert config_loader.differences(standalone, derived, ('preset',)) == []

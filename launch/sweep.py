@@ -171,6 +171,8 @@ def run_plan(args) -> int:
       foreign = ablation.foreign_folders(plan, args.root)
       if foreign:
         raise UserError(f'{args.root} holds other runs: {"; ".join(foreign)}')
+      if args.keep_results:
+        plan_results.claim(plan, args.keep_results)
 
       def run(item):
         status = ablation.state(plan, item)
@@ -196,6 +198,8 @@ def run_plan(args) -> int:
         for cmd in ([evaluate] if status == 'trained' else [train, evaluate]):
           if subprocess.run(cmd).returncode:
             return f'{item.name}: failed: {shlex.join(cmd)}'
+        if args.keep_results:  # as soon as it is finished: a sweep may not live to the end
+          plan_results.keep_run(plan, item, args.keep_results)
         return None
 
       with futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:

@@ -173,27 +173,34 @@ KEPT_FILES = ('config.json', history.FILE)
 
 
 def keep(plan: dict, root: str, dest: str) -> list[str]:
-  """Copy every finished run's result files from ROOT to DEST (ARM/seed_S
-  each, replaced whole; DEST records the plan as a root does, and refuses
-  another plan's); the names of the runs kept. Only a plan compared at the
-  last step can be kept without checkpoints."""
+  """Copy every finished run's result files from ROOT to DEST (`keep_run`);
+  the names of the runs kept."""
+  claim(plan, dest)
+  return [run.name for run in runs(plan, root) if keep_run(plan, run, dest)]
+
+
+def claim(plan: dict, dest: str):
+  """DEST records the plan as a root does (and refuses another plan's). Only
+  a plan compared at the last step can be kept without checkpoints."""
   if plan['checkpoint'] != 'latest':
     raise ConfigError(f'plan {plan["name"]} compares each run at its best checkpoint, '
                       'which needs the checkpoints: keep the whole run folders instead')
   claim_root(plan, dest)
-  kept = []
-  for run in runs(plan, root):
-    if state(plan, run) != 'done':
-      continue
-    target = os.path.join(dest, run.arm, f'seed_{run.seed}')
-    if os.path.realpath(run.workdir) == os.path.realpath(target):
-      continue  # already a kept result (a sweep linked it from DEST)
-    tmp = f'{target}.tmp{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for path in [os.path.join(run.workdir, name) for name in KEPT_FILES] + [eval_path(plan, run)]:
-      if os.path.exists(path):
-        shutil.copy2(path, tmp)
-    jsonio.replace_dir(tmp, target)
-    kept.append(run.name)
-  return kept
+
+
+def keep_run(plan: dict, run, dest: str) -> bool:
+  """Copy one run's result files to DEST/ARM/seed_S (replaced whole) if it
+  is finished; whether it was (a run linked from DEST is already there)."""
+  if state(plan, run) != 'done':
+    return False
+  target = os.path.join(dest, run.arm, f'seed_{run.seed}')
+  if os.path.realpath(run.workdir) == os.path.realpath(target):
+    return True
+  tmp = f'{target}.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for path in [os.path.join(run.workdir, name) for name in KEPT_FILES] + [eval_path(plan, run)]:
+    if os.path.exists(path):
+      shutil.copy2(path, tmp)
+  jsonio.replace_dir(tmp, target)
+  return True

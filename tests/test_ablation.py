@@ -43,7 +43,8 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
   assert half.returncode == 0, half.stderr
   assert 'Missing:' in half.stdout and 'seg_only/seed_1' in half.stdout
 
-  again = _sweep(root, synthetic_data_dir)
+  kept = tmp_path / 'kept'
+  again = _sweep(root, synthetic_data_dir, '--keep_results', str(kept))
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   assert 'full/seed_0: done, skipped' in again.stdout
   assert first.stat().st_mtime == done_at  # the finished run was not redone
@@ -64,7 +65,7 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
 
   # The results kept without checkpoints (a purged scratch root) are still
   # the plan's finished runs: tabled from there, and linked by a later sweep.
-  kept = tmp_path / 'kept'
+  assert (kept / 'seg_only' / 'seed_1' / 'eval_validation_latest.json').exists()
   keeping = _sweep(root, synthetic_data_dir, '--collect', '--keep_results', str(kept))
   assert keeping.returncode == 0 and 'results of 4 runs kept' in keeping.stdout, keeping.stderr
   assert sorted(os.listdir(kept / 'full' / 'seed_0')) == [

@@ -261,6 +261,8 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
     if not os.path.isdir(arm_dir):
       continue
     for name in sorted(os.listdir(arm_dir)):
+      if name.startswith('.'):  # a copy or removal in progress (plan_results.keep_run)
+        continue
       workdir = os.path.join(arm_dir, name)
       config_path = os.path.join(workdir, 'config.json')
       if not os.path.exists(config_path):

@@ -12,6 +12,7 @@ links them instead of training again. The plan and its runs are
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import shutil
@@ -196,8 +197,10 @@ def keep_run(plan: dict, run, dest: str) -> bool:
   target = os.path.join(dest, run.arm, f'seed_{run.seed}')
   if os.path.realpath(run.workdir) == os.path.realpath(target):
     return True
-  tmp = f'{target}.tmp{os.getpid()}'
-  shutil.rmtree(tmp, ignore_errors=True)
+  # Written aside (hidden, so no reader takes it for a run), then renamed in.
+  for stale in glob.glob(os.path.join(dest, run.arm, f'.seed_{run.seed}.tmp*')):
+    shutil.rmtree(stale, ignore_errors=True)  # what a killed copy left
+  tmp = os.path.join(dest, run.arm, f'.seed_{run.seed}.tmp{os.getpid()}')
   os.makedirs(tmp)
   for path in [os.path.join(run.workdir, name) for name in KEPT_FILES] + [eval_path(plan, run)]:
     if os.path.exists(path):

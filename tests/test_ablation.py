@@ -224,3 +224,34 @@ def test_the_arms_of_a_seed_share_one_finished_pretraining_stage(tmp_path, synth
   standalone = os.path.join(root, 'pretrain', 'seed_0')  # configs/quality.py's `pretrain` arm
   shutil.move(stage_dir, standalone)
   assert same(plan, seg0) == standalone
+
+
+def test_kept_results_are_finished_runs_and_a_killed_copy_is_no_run(tmp_path):
+  """plan_results.keep copies a finished run's results, not its checkpoints;
+  the copy counts as finished; a copy a kill left half-done is neither a run
+  nor another plan's folder, and the next copy clears it."""
+  from mtl_jax import ablation, jsonio, plan_results  # pylint: disable=g-import-not-at-top
+  from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'ablation.py:tiny'))
+  root, dest = tmp_path / 'runs', tmp_path / 'kept'
+  done, unfinished = ablation.runs(plan, str(root))[:2]
+  for run, step in ((done, 2), (unfinished, 1)):
+    os.makedirs(os.path.join(run.workdir, 'checkpoints', str(step)))
+    jsonio.write_json(os.path.join(run.workdir, 'config.json'),
+                      ablation._config(plan, run).to_dict())  # pylint: disable=protected-access
+    jsonio.write_json(ablation.eval_path(plan, run), {'step': step, 'dice': 0.5})
+  stale = dest / 'full' / '.seed_0.tmp999'
+  stale.mkdir(parents=True)
+  (stale / 'config.json').write_text('{}')
+  assert ablation.foreign_folders(plan, str(dest)) == []
+  assert plan_results.keep(plan, str(root), str(dest)) == ['full/seed_0']
+  assert sorted(os.listdir(dest / 'full')) == ['seed_0']
+  assert sorted(os.listdir(dest / 'full' / 'seed_0')) == ['config.json',
+                                                          'eval_validation_latest.json']
+  kept = ablation.Run('full', 0, str(dest / 'full' / 'seed_0'))
+  assert ablation.state(plan, kept) == 'done'
+  assert ablation.state(plan, ablation.Run('seg_only', 0, str(dest / 'seg_only' / 'seed_0'))) \
+      == 'not started'
+  assert json.loads((dest / 'plan.json').read_text())['name'] == 'ablation:tiny'
+  with pytest.raises(ConfigError, match='best checkpoint'):
+    plan_results.keep({**plan, 'checkpoint': 'best'}, str(root), str(dest))

@@ -45,7 +45,10 @@ def arms(overrides=()) -> tuple:
   return TASK_ARMS + ((RECIPE_ARM,) if default.uses_unlabelled(recipe) else ())
 
 
-RUN_STEPS = 1500  # of real.py:cpu's 3000; evaluation stays every 250 steps
+RUN_STEPS = 1500  # of real.py:cpu's 3000
+# Every run is compared at its last step, so the evaluations on the way only
+# draw its curve: every 500 steps, not 250, saves ~3 min of each ~40 min run.
+EVAL_EVERY = 500
 
 
 def get_config(arg=None):
@@ -53,7 +56,7 @@ def get_config(arg=None):
   plan.name = 'ablation'
   plan.config = 'configs/real.py'
   # (KEY, VALUE) pairs: --config.KEY=VALUE for every run
-  plan.overrides = (('train.num_train_steps', RUN_STEPS),)
+  plan.overrides = (('train.num_train_steps', RUN_STEPS), ('train.eval_every_steps', EVAL_EVERY))
   plan.arms = arms(plan.overrides)
   plan.seeds = (0, 1, 2)
   plan.baseline = 'full'  # compared, seed by seed, with every other arm

@@ -2,7 +2,7 @@
 
   python bench/cross_validate.py --root runs/cv --config configs/real.py:cpu \\
       [--folds 0,1,2,3,4] [--set KEY=VALUE ...] [--checkpoint latest|best] [--dry_run]
-      [--reuse_fold0 RUN]
+      [--reuse_fold0 RUN] [--keep_results DIR]
 
 Fold k holds out the k-th 10 of MedSeg's 50 slices (`build-data medseg_covid
 --fold k`, a rotation of the seeded permutation: the five folds cover every
@@ -19,6 +19,13 @@ Fold 0 is the split every other run trains on (`build-data` without
 0) as fold 0 instead of training it again, after checking that its whole
 config matches what fold 0 would train (but for the data folder) and that
 its MedSeg data holds out fold 0 (same split seed).
+
+`--keep_results DIR` copies each fold's results (config, evaluation,
+validation history; no checkpoints) to DIR/fold_K as soon as it is
+finished, and a later call takes a fold finished there (same recipe) instead
+of training it: with `--checkpoint latest` the evaluation of the last step is
+all a fold's figure needs, so folds spread over sessions whose ROOT is wiped
+are not lost (this project keeps its own in bench/plans/cv).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtl_jax import checkpointing, config_loader, evaluation  # noqa: E402
+from mtl_jax import ablation, checkpointing, config_loader, evaluation, plan_results  # noqa: E402
 from mtl_jax.data import datasets  # noqa: E402
 
 SOURCES = ('covid19_ct_seg', 'covid_ct', 'mosmed', 'sars_cov2_ct', 'china_negative')
@@ -54,6 +61,10 @@ def main(argv=None) -> int:
   parser.add_argument('--dry_run', action='store_true')
   parser.add_argument('--reuse_fold0', default='',
                       help='a finished run of this recipe (seed 0) to use as fold 0')
+  parser.add_argument('--keep_results', default='', metavar='DIR',
+                      help='copy each finished fold\'s config, evaluation and validation '
+                      'history (no checkpoints) to DIR/fold_K, and take a fold finished there '
+                      'instead of training it again')
   args = parser.parse_args(argv)
   if any(s.startswith('data.data_dir=') for s in args.set):
     parser.error('each fold has its own data folder: give the sources with --data_dir, '
@@ -72,24 +83,30 @@ def main(argv=None) -> int:
              exe + ['train', '--config', args.config, '--workdir', workdir,
                     f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set],
              exe + ['evaluate', '--workdir', workdir, '--checkpoint', args.checkpoint]]
-    if fold == 0 and args.reuse_fold0:
+    kept = os.path.join(args.keep_results, f'fold_{fold}') if args.keep_results else ''
+    reuse_kept = (kept and not os.path.lexists(workdir) and _finished(args, kept)
+                  and not _differences(args, data, kept))
+    reuse_run = fold == 0 and args.reuse_fold0 and not reuse_kept
+    if reuse_run:
       problem = _not_fold0(args, data, workdir)
       if problem:
         print(f'--reuse_fold0 {args.reuse_fold0}: {problem}', file=sys.stderr)
         return 2
       steps = steps[-1:]  # a finished run: at most its evaluation is missing
     if args.dry_run:
-      print('\n'.join(shlex.join(c) for c in steps))
+      print(f'fold {fold}: kept in {kept}' if reuse_kept
+            else '\n'.join(shlex.join(c) for c in steps))
       continue
-    if fold == 0 and args.reuse_fold0 and not os.path.lexists(workdir):
+    if reuse_kept or (reuse_run and not os.path.lexists(workdir)):
       os.makedirs(args.root, exist_ok=True)
-      os.symlink(os.path.abspath(args.reuse_fold0), workdir)
-      print(f'fold 0: {workdir} -> {args.reuse_fold0}')
-    if fold == 0 and args.reuse_fold0:
+      source = kept if reuse_kept else args.reuse_fold0
+      os.symlink(os.path.abspath(source), workdir)
+      print(f'fold {fold}: {workdir} -> {source}')
+    if reuse_run:
       if not os.path.exists(evaluated) and subprocess.run(steps[0]).returncode:
         print(f'fold 0: failed: {shlex.join(steps[0])}', file=sys.stderr)
         return 1
-    elif not _finished(workdir, evaluated):
+    elif not _finished(args, workdir):
       os.makedirs(data, exist_ok=True)
       for name in SOURCES:  # the other sources do not depend on the fold
         link = os.path.join(data, name)
@@ -99,11 +116,24 @@ def main(argv=None) -> int:
         if subprocess.run(cmd).returncode:
           print(f'fold {fold}: failed: {shlex.join(cmd)}', file=sys.stderr)
           return 1
+    if kept:  # as soon as it is finished: the session may not live to the last fold
+      plan_results.copy_results(workdir, kept, evaluated)
     with open(evaluated) as f:
       results[fold] = json.load(f)
   if results:
     print(table(results))
   return 0
+
+
+def _differences(args, data: str, run: str) -> list[str]:
+  """Fields where RUN's config differs from the recipe's fold with data
+  folder DATA (the folder itself does not count)."""
+  with open(os.path.join(run, 'config.json')) as f:
+    saved = json.load(f)
+  expected = config_loader.load_config(
+      args.config, [f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set])
+  ignored = ('data.data_dir',) + (('train.best_metric',) if args.checkpoint == 'latest' else ())
+  return config_loader.differences(saved, expected.to_dict(), ignored)
 
 
 def _not_fold0(args, data: str, workdir: str) -> str:
@@ -118,10 +148,7 @@ def _not_fold0(args, data: str, workdir: str) -> str:
     return 'no config.json: not a run folder'
   with open(os.path.join(run, 'config.json')) as f:
     saved = json.load(f)
-  expected = config_loader.load_config(
-      args.config, [f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set])
-  ignored = ('data.data_dir',) + (('train.best_metric',) if args.checkpoint == 'latest' else ())
-  differ = config_loader.differences(saved, expected.to_dict(), ignored)
+  differ = _differences(args, data, run)
   if differ:
     return f'trained another recipe ({", ".join(differ)} differ)'
   total = saved['train']['num_train_steps']
@@ -150,12 +177,17 @@ def _not_fold0(args, data: str, workdir: str) -> str:
   return ''
 
 
-def _finished(workdir, evaluated) -> bool:
+def _finished(args, workdir) -> bool:
+  """Trained to its last step and evaluated at --checkpoint; with `latest`,
+  that evaluation alone (a fold kept without its checkpoints) is enough."""
+  evaluated = evaluation.results_path(workdir, 'validation', args.checkpoint)
   if not os.path.exists(evaluated):
     return False
   with open(os.path.join(workdir, 'config.json')) as f:
     total = json.load(f)['train']['num_train_steps']
-  return checkpointing.select_step(workdir, 'latest') == total
+  return (ablation.evaluated_last_step({'split': 'validation', 'checkpoint': args.checkpoint},
+                                       workdir, total)
+          or checkpointing.select_step(workdir, 'latest') == total)
 
 
 def table(results: dict) -> str:

@@ -190,20 +190,27 @@ def claim(plan: dict, dest: str):
 
 
 def keep_run(plan: dict, run, dest: str) -> bool:
-  """Copy one run's result files to DEST/ARM/seed_S (replaced whole) if it
+  """Copy one run's result files to DEST/ARM/seed_S (`copy_results`) if it
   is finished; whether it was (a run linked from DEST is already there)."""
   if state(plan, run) != 'done':
     return False
-  target = os.path.join(dest, run.arm, f'seed_{run.seed}')
-  if os.path.realpath(run.workdir) == os.path.realpath(target):
-    return True
+  copy_results(run.workdir, os.path.join(dest, run.arm, f'seed_{run.seed}'),
+               eval_path(plan, run))
+  return True
+
+
+def copy_results(workdir: str, target: str, evaluated: str):
+  """WORKDIR's config, validation history and the evaluation `evaluated` to
+  TARGET, replaced whole; nothing if TARGET is WORKDIR (linked from there)."""
+  if os.path.realpath(workdir) == os.path.realpath(target):
+    return
+  parent, name = os.path.split(os.path.abspath(target))
   # Written aside (hidden, so no reader takes it for a run), then renamed in.
-  for stale in glob.glob(os.path.join(dest, run.arm, f'.seed_{run.seed}.tmp*')):
+  for stale in glob.glob(os.path.join(parent, f'.{name}.tmp*')):
     shutil.rmtree(stale, ignore_errors=True)  # what a killed copy left
-  tmp = os.path.join(dest, run.arm, f'.seed_{run.seed}.tmp{os.getpid()}')
+  tmp = os.path.join(parent, f'.{name}.tmp{os.getpid()}')
   os.makedirs(tmp)
-  for path in [os.path.join(run.workdir, name) for name in KEPT_FILES] + [eval_path(plan, run)]:
+  for path in [os.path.join(workdir, n) for n in KEPT_FILES] + [evaluated]:
     if os.path.exists(path):
       shutil.copy2(path, tmp)
   jsonio.replace_dir(tmp, target)
-  return True

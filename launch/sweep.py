@@ -104,6 +104,9 @@ def main(argv=None) -> int:
   parser.add_argument('--plan', default=None, help='a plan file, e.g. configs/ablation.py')
   parser.add_argument('--arms', default=None, help='with --plan: only these arms (a,b)')
   parser.add_argument('--seeds', default=None, help='with --plan: only these seeds (0,1)')
+  parser.add_argument('--baseline', default=None,
+                      help='with --plan: the arm the others are compared with, if not the '
+                      'plan\'s own (e.g. a later recipe)')
   parser.add_argument('--config', default='configs/default.py:demo')
   parser.add_argument('--root', default='runs/sweep')
   parser.add_argument('--grid', action='append', default=[], help='KEY=V1,V2,...')
@@ -158,7 +161,7 @@ def run_plan(args) -> int:
   from mtl_jax import ablation, plan_results, stages  # pylint: disable=g-import-not-at-top
   from mtl_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
-    plan = ablation.load_plan(args.plan, args.arms, args.seeds)
+    plan = ablation.load_plan(args.plan, args.arms, args.seeds, args.baseline)
     plan['overrides'].update(_pairs(args.set))  # recorded and checked with the plan's own
     extra = {}
     todo = ablation.runs(plan, args.root)

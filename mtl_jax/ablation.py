@@ -40,9 +40,11 @@ class Run:
     return f'{self.arm}/seed_{self.seed}'
 
 
-def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> dict:
+def load_plan(spec: str, arms: str | None = None, seeds: str | None = None,
+              baseline: str | None = None) -> dict:
   """The plan of `spec` (FILE.py[:ARG]) as a plain dict, narrowed to `arms`/`seeds`
-  ('a,b' / '0,1'); an unknown arm or seed is a one-line error naming the valid ones."""
+  ('a,b' / '0,1'), with another arm as the `baseline` the others are compared
+  with if given; an unknown arm or seed is a one-line error naming the valid ones."""
   plan = config_loader.load_config(spec).to_dict()
   plan['arm_overrides'] = {}
   presets = {}
@@ -74,6 +76,11 @@ def load_plan(spec: str, arms: str | None = None, seeds: str | None = None) -> d
       raise ConfigError(f'--seeds {seeds!r}: valid seeds of {plan["name"]}: '
                         f'{",".join(map(str, plan["seeds"]))}')
     plan['seeds'] = chosen
+  if baseline:
+    if baseline not in plan['every_arm']['arms']:
+      raise ConfigError(f'--baseline {baseline!r}: valid arms of {plan["name"]}: '
+                        f'{", ".join(plan["every_arm"]["arms"])}')
+    plan['baseline'] = baseline
   if plan['baseline'] not in plan['arms'] and len(plan['arms']) > 1:
     raise ConfigError(f'the baseline arm {plan["baseline"]!r} must be among --arms')
   return plan

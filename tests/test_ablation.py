@@ -96,11 +96,25 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
 def test_unknown_arms_and_seeds_are_one_line_errors(tmp_path):
   for flag, value, message in (('--arms', 'full,nope', 'valid arms of ablation:tiny: full, '
                                 'seg_only'),
-                               ('--seeds', '0,9', 'valid seeds of ablation:tiny: 0,1')):
+                               ('--seeds', '0,9', 'valid seeds of ablation:tiny: 0,1'),
+                               ('--baseline', 'nope', 'valid arms of ablation:tiny: full, '
+                                'seg_only')):
     result = subprocess.run(SWEEP + ['--root', str(tmp_path), flag, value, '--dry_run'],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_another_baseline_is_what_every_arm_is_paired_with():
+  from mtl_jax import ablation, plan_results  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'ablation.py:tiny'), baseline='seg_only')
+  rows = [{'arm': arm, 'seed': seed, 'dice': dice}
+          for arm, seed, dice in (('full', 0, 0.70), ('full', 1, 0.72),
+                                  ('seg_only', 0, 0.60), ('seg_only', 1, 0.61))]
+  table = plan_results.paired_table(plan, rows)
+  assert 'mean difference (arm - seg_only)' in table
+  assert '| full | Dice | +0.1050 | 2 |' in table
+  assert '| seg_only |' not in table
 
 
 def test_dry_run_prints_a_slurm_array_and_a_tpu_loop(tmp_path):

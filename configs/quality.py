@@ -30,7 +30,8 @@ little data"):
   model; a fresh short warm-up and cosine from 2e-4), ~40 min. Compare it
   with `--baseline together`, and its Dice at the masks' own resolution with
   `bench/native_dice.py` (each run's own evaluation scores Dice at its own
-  size).
+  size). `finetune_128` is the same stage at 128 px, the control for the
+  extra steps (~12 min).
 - `steps_4000`: the same recipe trained 4000 steps instead of 3000.
 - `normal_no_lesion`: slices labelled normal (MosMed CT-0, China) learnt as
   lesion-free (`loss.normal_no_lesion_weight`); no data to prepare.
@@ -52,6 +53,11 @@ import ml_collections
 # start (over two seeds it neither won nor lost by more than the seed spread).
 RECIPE_OFF = (('loss.pseudo_weight', 0.0), ('loss.normal_no_lesion_weight', 0.0))
 
+# A short second stage from the same seed's recipe run (`together`).
+FINETUNE = (('init_from', '{root}/together/seed_{seed}'), ('train.num_train_steps', 250),
+            ('optim.learning_rate', 2e-4), ('optim.warmup_steps', 25),
+            ('train.eval_every_steps', 125), ('train.checkpoint_every_steps', 125))
+
 ARMS = (
     ('base', 'cpu', RECIPE_OFF),
     ('pseudo_masks', 'cpu', (('loss.normal_no_lesion_weight', 0.0),)),
@@ -69,12 +75,11 @@ ARMS = (
     ('steps_4000', 'cpu', RECIPE_OFF + (('train.num_train_steps', 4000),)),
     # The kept ingredients at once: real.py:cpu itself.
     ('together', 'cpu'),
-    # Resolution on top of the recipe: its kept model, 250 more steps at 256 px.
-    ('finetune_256', 'cpu', (('init_from', '{root}/together/seed_{seed}'),
-                             ('data.image_size', 256), ('train.num_train_steps', 250),
-                             ('optim.learning_rate', 2e-4), ('optim.warmup_steps', 25),
-                             ('train.eval_every_steps', 125),
-                             ('train.checkpoint_every_steps', 125))),
+    # Resolution on top of the recipe: its kept model, 250 more steps at 256 px,
+    # and the same 250 steps at 128 px, which separates the resolution from
+    # the extra steps.
+    ('finetune_256', 'cpu', FINETUNE + (('data.image_size', 256),)),
+    ('finetune_128', 'cpu', FINETUNE),
 )
 
 

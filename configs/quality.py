@@ -13,13 +13,17 @@ its Inf-Net soft masks: `--use_pseudo_masks`; the arms without pseudo masks
 never read them). Arms that need more prepared data (README "Quality from
 little data"):
 
-- `self_training`: a label set made by the same seed's `pseudo_masks` run
-  (the teacher) on every unmasked COVID-19-CT-Seg training slice, before the
-  student runs: `mtl-jax pseudo-label --checkpoint
-  runs/quality/pseudo_masks/seed_S --which latest --dataset covid19_ct_seg
-  --data_dir data --name round1_seed_S` (the teacher's last step, as it is
-  compared). Without the set the run stops with a one-line error and the
-  sweep goes on.
+- `self_training`: one teacher -> student round on the recipe. The
+  teacher is the same seed's `together` run (real.py:cpu); before the
+  student runs, it labels every unmasked training slice of the three
+  classification sources, whose scanners and hospitals the segmentation
+  head has never seen masks from (COVID-19-CT-Seg keeps Inf-Net's masks):
+  `for d in covid_ct mosmed sars_cov2_ct; do mtl-jax pseudo-label
+  --checkpoint runs/quality/together/seed_S --which latest --dataset $d
+  --data_dir data --name round1_seed_S; done` (the teacher's last step, as
+  it is compared). The student is real.py:cpu reading that set; compare it
+  with `--baseline together`. Without the set the run stops with a
+  one-line error and the sweep goes on.
 - `resize_256`, `finetune_256`: every source built at 256 px as well
   (`mtl-jax build-data NAME --data_dir data --image_size 256`, covid19_ct_seg
   with `--use_pseudo_masks`). `resize_256` trains 2750 steps on slices
@@ -63,8 +67,7 @@ ARMS = (
     ('pseudo_masks', 'cpu', (('loss.normal_no_lesion_weight', 0.0),)),
     ('pretrain', 'cpu,pretrain'),
     ('pretrained', 'cpu', RECIPE_OFF + (('init_from', '{root}/pretrain/seed_{seed}'),)),
-    ('self_training', 'cpu', (('data.pseudo_labels', 'round1_seed_{seed}'),
-                              ('loss.normal_no_lesion_weight', 0.0))),
+    ('self_training', 'cpu', (('data.pseudo_labels', 'round1_seed_{seed}'),)),
     ('resize_256', 'cpu', RECIPE_OFF + (('data.image_size', 256),
                                         ('data.train_size_schedule', '((128, 2750),)'))),
     # Not an ingredient of the issue: slices labelled normal are lesion-free

@@ -147,6 +147,7 @@ def _check_pseudo_label_sets(config) -> list:
                       + '); make it with mtl-jax pseudo-label')
   for source in labelled:
     training_split(config, source)  # a stale set is a one-line error now, not mid-run
+  logging.info('data.pseudo_labels=%s: the label set of %s', name, ', '.join(labelled))
   return labelled
 
 

@@ -57,7 +57,10 @@ def slice_counts(predictor: predict.Predictor, medseg: pathlib.Path,
   counts = []
   with tempfile.TemporaryDirectory() as tmp:
     for stem in stems:
-      image = next(folder.glob(f'images/{stem}.*'))
+      image = next(folder.glob(f'images/{stem}.*'), None)
+      if image is None:
+        raise SystemExit(f'{folder / "images"}: no image {stem}.* (held out by the run\'s '
+                         'build); is --medseg the folder the run was built from?')
       study = volume_io.read_study(image)
       out = pathlib.Path(tmp) / stem
       report = predictor.predict_study(study, out)

@@ -29,10 +29,11 @@ little data"):
   with `--use_pseudo_masks`). `resize_256` trains 2750 steps on slices
   downsized to 128 px and the last 250 (and every evaluation) at 256: ~135
   min here, over the 2 h budget, so it is defined but was not run.
-  `finetune_256` measures the same step up at a third of the cost: 250 steps
-  at 256 px starting from the same seed's `together` run (the recipe's kept
-  model; a fresh short warm-up and cosine from 2e-4), ~40 min. Compare it
-  with `--baseline together`, and its Dice at the masks' own resolution with
+  `finetune_256` measures the same step up at ~40% of the cost: 250 steps
+  at 256 px (~10 s each here) starting from the same seed's `together` run
+  (the recipe's kept model; a fresh short warm-up and cosine from 2e-4),
+  ~50 min. Compare it with `--baseline finetune_128` (below) and
+  `--baseline together`, and its Dice at the masks' own resolution with
   `bench/native_dice.py` (each run's own evaluation scores Dice at its own
   size). `finetune_128` is the same stage at 128 px, the control for the
   extra steps (~12 min).

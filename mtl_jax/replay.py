@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtl_jax.data import preprocess
-from mtl_jax.tasks import LESION_THRESHOLD
+from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
 
 class InputReplay:

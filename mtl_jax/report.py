@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mtl_jax import jsonio
 from mtl_jax import ood as ood_lib
 from mtl_jax.data.features import SEG_CLASS_NAMES
-from mtl_jax.tasks import LESION_THRESHOLD
+from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
 SCHEMA_VERSION = '1.2'
 OOD_THRESHOLD_PERCENTILE = 99

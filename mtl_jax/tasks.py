@@ -17,11 +17,7 @@ import numpy as np
 from mtl_jax import losses, metrics, metrics_summary, models
 from mtl_jax.data.features import CLASS_NAMES, covid_vs_rest, is_normal
 from mtl_jax.errors import ConfigError
-
-# A pixel is lesion when its sigmoid probability exceeds this (binary
-# segmentation; multi-class models take the argmax). Evaluation, predict's
-# replay and its report all read it from here.
-LESION_THRESHOLD = 0.5
+from mtl_jax.lesion_threshold import LESION_THRESHOLD, ThresholdSweepAccumulator
 
 
 # Registration order is the order of model outputs, loss terms and learned
@@ -141,16 +137,23 @@ class SegmentationTask(Task):
     return jnp.argmax(probs, axis=-1).astype(jnp.int32)
 
   def accumulator(self):
-    return metrics.SegmentationAccumulator(max(self.num_seg_classes, 1))
+    if self.num_seg_classes == 1:  # also Dice and normal area at other thresholds
+      return ThresholdSweepAccumulator()
+    return metrics.SegmentationAccumulator(self.num_seg_classes)
 
   def update(self, acc, predictions, batch):
     valid = (batch['has_mask'] > 0) & (batch['valid'] > 0)
     target = batch['mask'] if self.num_seg_classes > 1 else (batch['mask'] > 0)
     acc.update(predictions['seg_labels'], target.astype(np.int32), valid=valid)
+    sweep = isinstance(acc, ThresholdSweepAccumulator) and 'seg_prob' in predictions
+    if sweep and valid.any():
+      acc.update_sweep(np.asarray(predictions['seg_prob'])[valid], np.asarray(target)[valid])
     if 'label_set' in batch:  # false lesions where the label says none can be
-      acc.update_normal(predictions['seg_labels'],
-                        valid=(batch['valid'] > 0) & (batch['has_label'] > 0)
-                        & (batch['has_mask'] == 0) & is_normal(np.asarray(batch['label_set'])))
+      normal = ((batch['valid'] > 0) & (batch['has_label'] > 0) & (batch['has_mask'] == 0)
+                & is_normal(np.asarray(batch['label_set'])))
+      acc.update_normal(predictions['seg_labels'], valid=normal)
+      if sweep and normal.any():
+        acc.update_normal_sweep(np.asarray(predictions['seg_prob'])[normal])
 
   def summarize(self, acc, bootstrap=True, num_resamples=1000):
     return metrics_summary.segmentation_summary(acc, bootstrap, num_resamples)

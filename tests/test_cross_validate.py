@@ -20,8 +20,13 @@ def _keep_fold(kept, root, fold, **config_changes):
   folder = kept / f'fold_{fold}'
   folder.mkdir(parents=True)
   jsonio.write_json(folder / 'config.json', config.to_dict())
+  from mtl_jax import lesion_threshold  # pylint: disable=g-import-not-at-top
+  grid = lesion_threshold.GRID  # every fold's pooled Dice peaks at threshold 0.3
+  counts = [[100, int(10 + 100 * abs(t - 0.3)), int(10 + 100 * abs(t - 0.3))] for t in grid]
   medseg = {'dice': 0.7 + fold / 100, 'dice_ci95': [0.6, 0.8], 'num_seg_examples': 10,
-            'dice_per_image_mean': 0.65}
+            'dice_per_image_mean': 0.65,
+            'threshold_sweep': {'thresholds': list(grid), 'num_seg_examples': 10,
+                                'counts': counts, 'normal_lesion_area': [0.01] * len(grid)}}
   jsonio.write_json(folder / 'eval_validation_latest.json',
                     {'step': config.train.num_train_steps, 'by_source': {'medseg_covid': medseg}})
 
@@ -43,5 +48,8 @@ def test_folds_kept_in_another_session_are_taken_not_trained(tmp_path):
   assert done.returncode == 0, done.stderr
   assert '| 1 | 10 | 0.710 [0.600, 0.800] | 0.650 |' in done.stdout
   assert '| mean ± sd | | 0.715 ± 0.007 | |' in done.stdout
+  # The threshold of each fold is chosen on the other one.
+  assert '| 1 | 0.3 | 0.909 | 0.769 | 0.0100 / 0.0100 |' in done.stdout
+  assert 'would adopt: 0.3' in done.stdout
   assert (root / 'fold_2').resolve() == (kept / 'fold_2').resolve()
   assert json.loads((kept / 'fold_2' / 'eval_validation_latest.json').read_text())['step'] > 0

@@ -50,6 +50,10 @@ def test_fine_tuning_run_trains_from_them(pretrained, tiny_config, tmp_path):
   tiny_config.train.num_train_steps = 2
   _, results = train.train_and_evaluate(tiny_config, str(tmp_path))
   assert results['dice'] is not None and results['auc_covid'] is not None
+  # Every evaluation of a binary model records Dice at other lesion thresholds.
+  sweep = results['threshold_sweep']
+  at = sweep['thresholds'].index(0.5)
+  assert sweep['dice'][at] == pytest.approx(results['dice'])
 
 
 def test_another_architecture_or_no_model_is_one_line(pretrained, tiny_config, tmp_path):

@@ -214,32 +214,38 @@ def table(results: dict) -> str:
 
 def threshold_table(results: dict) -> str:
   """Each fold's Dice at a lesion threshold chosen on the other folds
-  (lesion_threshold.nested_choice), next to its Dice at the default."""
-  sweeps = {fold: ((r.get('by_source') or {}).get('medseg_covid', r)).get('threshold_sweep')
-            for fold, r in results.items()}
-  missing = sorted(f for f, s in sweeps.items() if not s or not s.get('num_seg_examples'))
-  if missing or len(sweeps) < 2:
-    return ('Lesion threshold chosen across folds: needs at least 2 folds evaluated with '
-            'the threshold sweep' + (f'; folds {missing} lack it (evaluations before it '
-                                     'existed: run `mtl-jax evaluate` on them again)'
-                                     if missing else ''))
-  out = lesion_threshold.nested_choice({f: s['counts'] for f, s in sweeps.items()})
-  lines = ['| fold | threshold chosen on the other folds | Dice there | Dice at '
-           f'{out["default"]} | normal lesion area there / at {out["default"]} |',
-           '|---|---|---|---|---|']
+  (lesion_threshold.nested_choice), next to its Dice at the default; the
+  lesion area on normal slices (MosMed CT-0, China: the pooled sweep, MedSeg
+  has none) at both."""
+  grid = list(lesion_threshold.GRID)
+  sweeps, skipped = {}, []
+  for fold, r in sorted(results.items()):
+    medseg = ((r.get('by_source') or {}).get('medseg_covid', r)).get('threshold_sweep')
+    if medseg and medseg.get('num_seg_examples') and medseg['thresholds'] == grid:
+      sweeps[fold] = (medseg, r.get('threshold_sweep') or {})
+    else:
+      skipped.append(fold)
+  note = (f'Folds {skipped} have no threshold sweep on this grid (evaluated before it '
+          'existed): evaluate their run again with `mtl-jax evaluate --checkpoint latest` '
+          'and copy its evaluation JSON over the kept one, or train the fold again.'
+          if skipped else '')
+  if len(sweeps) < 2:
+    return 'Lesion threshold chosen across folds: needs at least 2 folds. ' + note
+  out = lesion_threshold.nested_choice({f: m['counts'] for f, (m, _) in sweeps.items()})
+  default = out['default']
+  lines = [f'| fold | threshold chosen on the other folds | Dice there | Dice at {default} | '
+           f'normal lesion area there / at {default} |', '|---|---|---|---|---|']
   for fold, row in sorted(out['folds'].items()):
-    area = sweeps[fold].get('normal_lesion_area')
-    i, d = lesion_threshold.GRID.index(row['threshold']), lesion_threshold.GRID.index(
-        out['default'])
-    area_text = f'{area[i]:.4f} / {area[d]:.4f}' if area else 'n/a'
+    area = sweeps[fold][1].get('normal_lesion_area')
+    area_text = (f'{area[grid.index(row["threshold"])]:.2e} / {area[grid.index(default)]:.2e}'
+                 if area else 'n/a')
     lines.append(f'| {fold} | {row["threshold"]} | {row["dice"]:.3f} | '
                  f'{row["dice_at_default"]:.3f} | {area_text} |')
   lines.append(f'| pooled | | {out["pooled_dice_nested"]:.3f} | '
                f'{out["pooled_dice_at_default"]:.3f} | |')
   lines.append(f'\nThreshold the whole cross-validation would adopt: '
-               f'{out["adopted_threshold"]} (by pooled Dice over every fold).')
-  return '\n'.join(lines)
-
+               f'{out["adopted_threshold"]} (by pooled Dice over folds {sorted(sweeps)}).')
+  return '\n'.join(lines + ([note] if note else []))
 
 if __name__ == '__main__':
   sys.exit(main())

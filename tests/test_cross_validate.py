@@ -21,14 +21,19 @@ def _keep_fold(kept, root, fold, **config_changes):
   folder.mkdir(parents=True)
   jsonio.write_json(folder / 'config.json', config.to_dict())
   from mtl_jax import lesion_threshold  # pylint: disable=g-import-not-at-top
-  grid = lesion_threshold.GRID  # every fold's pooled Dice peaks at threshold 0.3
-  counts = [[100, int(10 + 100 * abs(t - 0.3)), int(10 + 100 * abs(t - 0.3))] for t in grid]
+  grid = lesion_threshold.GRID  # fold 1's Dice peaks at threshold 0.3, fold 2's at 0.7
+  peak = {1: 0.3, 2: 0.7}.get(fold, 0.5)
+  counts = [[100, round(10 + 100 * abs(t - peak)), round(10 + 100 * abs(t - peak))] for t in grid]
   medseg = {'dice': 0.7 + fold / 100, 'dice_ci95': [0.6, 0.8], 'num_seg_examples': 10,
             'dice_per_image_mean': 0.65,
             'threshold_sweep': {'thresholds': list(grid), 'num_seg_examples': 10,
-                                'counts': counts, 'normal_lesion_area': [0.01] * len(grid)}}
+                                'counts': counts, 'num_normal_slices': 0,
+                                'normal_lesion_area': None}}  # MedSeg has no normal slices
+  pooled_sweep = {'thresholds': list(grid), 'num_normal_slices': 5,  # normal area: pooled
+                  'normal_lesion_area': [round(0.01 * (1 - t), 4) for t in grid]}
   jsonio.write_json(folder / 'eval_validation_latest.json',
-                    {'step': config.train.num_train_steps, 'by_source': {'medseg_covid': medseg}})
+                    {'step': config.train.num_train_steps, 'threshold_sweep': pooled_sweep,
+                     'by_source': {'medseg_covid': medseg}})
 
 
 def test_folds_kept_in_another_session_are_taken_not_trained(tmp_path):
@@ -48,8 +53,9 @@ def test_folds_kept_in_another_session_are_taken_not_trained(tmp_path):
   assert done.returncode == 0, done.stderr
   assert '| 1 | 10 | 0.710 [0.600, 0.800] | 0.650 |' in done.stdout
   assert '| mean ± sd | | 0.715 ± 0.007 | |' in done.stdout
-  # The threshold of each fold is chosen on the other one.
-  assert '| 1 | 0.3 | 0.909 | 0.769 | 0.0100 / 0.0100 |' in done.stdout
-  assert 'would adopt: 0.3' in done.stdout
+  # Each fold is scored at the threshold that is best on the other one.
+  assert '| 1 | 0.7 | 0.667 | 0.769 | 3.00e-03 / 5.00e-03 |' in done.stdout
+  assert '| 2 | 0.3 | 0.667 | 0.769 | 7.00e-03 / 5.00e-03 |' in done.stdout
+  assert 'would adopt: 0.5' in done.stdout  # symmetric peaks: the tie goes to the default
   assert (root / 'fold_2').resolve() == (kept / 'fold_2').resolve()
   assert json.loads((kept / 'fold_2' / 'eval_validation_latest.json').read_text())['step'] > 0

@@ -41,13 +41,10 @@ class ThresholdSweepAccumulator(metrics.SegmentationAccumulator):
 
   def update_sweep(self, prob, target) -> None:
     """prob (N, H, W) lesion probabilities; target (N, H, W) ground truth (> 0 lesion)."""
-    prob = np.asarray(prob, np.float32).reshape(len(prob), -1)
-    truth = np.asarray(target).reshape(len(prob), -1) > 0
+    prob, truth = metrics._match_shapes(np.asarray(prob, np.float32),  # pylint: disable=protected-access
+                                        np.asarray(target) > 0)
     for i, t in enumerate(GRID):
-      marked = prob > t
-      self._sweep_counts[i] += (np.count_nonzero(marked & truth),
-                                np.count_nonzero(marked & ~truth),
-                                np.count_nonzero(~marked & truth))
+      self._sweep_counts[i] += metrics.binary_counts(prob > t, truth)[:3]
     self._swept_slices += len(prob)
 
   def update_normal_sweep(self, prob) -> None:

@@ -18,8 +18,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(action, tmp_path, workdir, data_dir, nproc, devices, only=None, timeout=240,
+def _launch(action, tmp_path, workdir, data_dir, nproc, devices, only=None, timeout=900,
             env=None):
+  """Runs the workers; `timeout` only guards against a hang. (It was 240 s:
+  measured 2026-12-01, a CI run sharing the 2 cores with a training run went
+  past it, and the fixture's TimeoutExpired showed as two unexplained errors.)"""
   port = _free_port()
   procs, outs = [], []
   for pid in range(nproc) if only is None else only:
@@ -30,7 +33,14 @@ def _launch(action, tmp_path, workdir, data_dir, nproc, devices, only=None, time
          str(nproc), str(pid), str(devices)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})}))
-  logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  try:
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    tails = [p.communicate()[0][-2000:] for p in procs]
+    pytest.fail(f'{action} on {nproc}x{devices} did not finish in {timeout} s:\n'
+                + '\n'.join(tails))
   return [p.returncode for p in procs], logs, [
       json.loads(o.read_text()) if o.exists() else None for o in outs]
 

@@ -11,9 +11,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One XLA compilation cache for the session, shared with the subprocesses the
 # tests start: the many tiny runs compile the same programs again and again.
+_OWN_XLA_CACHE = None  # made here, so removed at the session's end
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   import tempfile  # pylint: disable=g-import-not-at-top
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mtl-jax-test-xla-')
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix='mtl-jax-test-xla-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_XLA_CACHE
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
@@ -23,6 +25,12 @@ import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  if _OWN_XLA_CACHE is not None:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

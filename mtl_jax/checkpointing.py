@@ -18,6 +18,7 @@ import shutil
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -112,6 +113,23 @@ def _sync(name: str):
     multihost_utils.sync_global_devices(f'mtl_jax_checkpointing_{name}')
 
 
+def _agreed(value: float | None) -> float | None:
+  """Process 0's selection value, on every process.
+
+  Every process computes the same metrics from the same gathered
+  predictions, but should one float ever differ, processes that disagree on
+  whether to save `best` would wait for ever on each other's collective save
+  (and on the reference statistics `make_meta` gathers). The float64 travels
+  as int32 bits, so that it arrives exact with jax's 64-bit mode off.
+  """
+  if jax.process_count() == 1:
+    return value
+  bits = np.array([math.nan if value is None else value], np.float64).view(np.int32)
+  bits = np.asarray(multihost_utils.broadcast_one_to_all(bits), np.int32)
+  agreed = float(bits.view(np.float64)[0])
+  return None if math.isnan(agreed) else agreed
+
+
 class Checkpointer:
   """The latest `keep` checkpoints (resume) and the best one (`best_metric`).
 
@@ -179,9 +197,8 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return select_step(os.path.dirname(self.dirs['best']), 'best')
 
-  def is_better(self, metrics: dict) -> bool:
-    """Whether these metrics would replace the kept best checkpoint."""
-    value = selection_value(metrics, self.best_metric)
+  def _is_better(self, value: float | None) -> bool:
+    """Whether this selection value would replace the kept best checkpoint."""
     kept = self.best_value()
     return value is not None and (kept is None or value > kept)
 
@@ -193,7 +210,7 @@ class Checkpointer:
     'revalidated' (a resumed run re-reached a best step saved before the
     kill, with the same value: it is kept as it is).
     """
-    value = selection_value(metrics, self.best_metric)
+    value = _agreed(selection_value(metrics, self.best_metric))
     if value is None:
       return 'undefined'
     if step in self._steps('best'):
@@ -202,7 +219,7 @@ class Checkpointer:
       logging.warning('best/%d: the replay gave %s=%r, the checkpoint has %r; replacing it',
                       step, self.best_metric, value, self.best_value(step))
       self._discard('best', [step])
-    if not self.is_better(metrics):
+    if not self._is_better(value):
       return 'not better'
     meta = dict(make_meta(), selection={'best_metric': self.best_metric, 'value': value})
     self.best.save(step, args=_save_args(state, meta), force=True)

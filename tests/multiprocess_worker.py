@@ -7,7 +7,8 @@ real input pipeline (each process reading its share of every global batch),
 which saves a checkpoint and evaluates the validation split (each process
 reading its shard); it writes every step's loss, the metrics, a parameter
 checksum and the parameters (OUT_JSON with .npz). `restore` restores the
-latest checkpoint and writes its parameter checksum.
+latest checkpoint and writes its parameter checksum and what
+`checkpointing._agreed` gives each process for differing values.
 """
 
 import json
@@ -68,7 +69,10 @@ else:
   ckpt = checkpointing.Checkpointer(workdir, keep=2)
   state, _ = ckpt.restore(trainer.restore_target())
   ckpt.close()
-  result = {'step': int(parallel.to_host(state['step'])), 'checksum': checksum(state)}
+  result = {'step': int(parallel.to_host(state['step'])), 'checksum': checksum(state),
+            # Each process offers its own selection value; all must get process 0's.
+            'agreed': [checkpointing._agreed(0.1 + pid / 3),  # pylint: disable=protected-access
+                       checkpointing._agreed(None if pid == 0 else 1.0)]}  # pylint: disable=protected-access
 result.update(process_index=jax.process_index(), process_count=jax.process_count(),
               device_count=jax.device_count())
 with open(out_json, 'w') as f:

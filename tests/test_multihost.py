@@ -111,6 +111,8 @@ def test_save_on_two_restore_on_one_and_back(two_by_four, synthetic_data_dir):
   codes, logs, back = _launch('restore', tmp, tmp / 'w1b', synthetic_data_dir, 2, 4)
   assert codes == [0, 0], '\n'.join(log[-2000:] for log in logs)
   assert back[0]['checksum'] == pytest.approx(back[1]['checksum'], rel=1e-9)
+  # The best-checkpoint decision is process 0's on every process, to the bit.
+  assert back[0]['agreed'] == back[1]['agreed'] == [0.1, None]
 
 
 def test_a_missing_process_fails_with_a_timeout_message(tmp_path, synthetic_data_dir):

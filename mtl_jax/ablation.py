@@ -279,11 +279,29 @@ def foreign_folders(plan: dict, root: str) -> list[str]:
         continue
       with open(config_path, encoding='utf-8') as f:
         saved = json.load(f)
-      expected = _config(plan, Run(arm, int(name[5:]), workdir)).to_dict()
-      differ = _trained_differently(saved, expected, plan['checkpoint'])
+      run = Run(arm, int(name[5:]), workdir)
+      expected = _config(plan, run).to_dict()
+      differ = [key for key in _trained_differently(saved, expected, plan['checkpoint'])
+                if not _names_the_run_elsewhere(plan, run, key, saved)]
       if differ:
         foreign.append(f'{arm}/{name} ({", ".join(differ)} differ)')
   return foreign
+
+
+def _names_the_run_elsewhere(plan: dict, run: Run, key: str, saved: dict) -> bool:
+  """Whether the saved config's `key` is the arm's `{root}` value (a stage it
+  starts from, e.g. `init_from={root}/together/seed_{seed}`) under another
+  root: results kept or moved elsewhere (`--keep_results`) still name the
+  root the run trained in, and are the same run."""
+  template = run_overrides(plan, run.arm).get(key)
+  value = saved
+  for part in key.split('.'):
+    value = value.get(part) if isinstance(value, dict) else None
+  if not (isinstance(template, str) and '{root}' in template and isinstance(value, str)):
+    return False
+  head, tail = template.format(root='\0', seed=run.seed).split('\0', 1)
+  return (len(value) > len(head) + len(tail) and value.startswith(head)
+          and value.endswith(tail))
 
 
 def _trained_differently(saved: dict, expected: dict, checkpoint: str) -> list[str]:

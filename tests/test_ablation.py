@@ -269,3 +269,22 @@ def test_kept_results_are_finished_runs_and_a_killed_copy_is_no_run(tmp_path):
   assert json.loads((dest / 'plan.json').read_text())['name'] == 'ablation:tiny'
   with pytest.raises(ConfigError, match='best checkpoint'):
     plan_results.keep({**plan, 'checkpoint': 'best'}, str(root), str(dest))
+
+
+def test_a_run_kept_under_another_root_is_still_its_arms_run(tmp_path):
+  """A fine-tuning arm's init_from names the root it trained in
+  ({root}/together/seed_S); its kept copy under another root (--keep_results)
+  is still that arm's run, but one that started from another seed's stage is not."""
+  from mtl_jax import ablation, jsonio  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
+  trained = {seed: ablation._config(  # pylint: disable=protected-access
+      plan, ablation.Run('finetune_128', seed, str(tmp_path / 'runs' / 'finetune_128' /
+                                                   f'seed_{seed}'))).to_dict()
+      for seed in (0, 1)}
+  assert trained[0]['init_from'] == str(tmp_path / 'runs' / 'together' / 'seed_0')
+  trained[1]['init_from'] = trained[0]['init_from']  # seed 1 from seed 0's stage
+  kept = tmp_path / 'kept'
+  for seed, config in trained.items():
+    (kept / 'finetune_128' / f'seed_{seed}').mkdir(parents=True)
+    jsonio.write_json(str(kept / 'finetune_128' / f'seed_{seed}' / 'config.json'), config)
+  assert ablation.foreign_folders(plan, str(kept)) == ['finetune_128/seed_1 (init_from differ)']

@@ -25,7 +25,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 
 PSNR_CAP_DB = 100.0
 
@@ -267,6 +267,8 @@ def roc_auc(scores, positives) -> float:
   n_neg = pos.size - n_pos
   if n_pos == 0 or n_neg == 0:
     return math.nan
+  # Imported here: scipy.stats costs ~1 s at start-up, in every mtl-jax command.
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   ranks = stats.rankdata(scores)  # average ranks for ties
   u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
   return float(u / (n_pos * n_neg))

@@ -47,10 +47,14 @@ def _launch(action, tmp_path, workdir, data_dir, nproc, devices, only=None, time
 
 @pytest.fixture(scope='module')
 def two_by_four(tmp_path_factory, synthetic_data_dir):
+  """The same run on 2 processes x 4 devices (w2) and on 1 x 8 (w1): both
+  tests compare them and restore their checkpoints across layouts."""
   tmp = tmp_path_factory.mktemp('mh')
   codes, logs, results = _launch('train', tmp, tmp / 'w2', synthetic_data_dir, 2, 4)
   assert codes == [0, 0], '\n'.join(log[-2000:] for log in logs)
-  return tmp, results
+  codes, logs, (single,) = _launch('train', tmp, tmp / 'w1', synthetic_data_dir, 1, 8)
+  assert codes == [0], logs[0][-2000:]
+  return tmp, results, single
 
 
 def _params(tmp, nproc, devices, pid=0):
@@ -76,13 +80,11 @@ def _assert_same_params(a, b):
 def test_two_processes_agree_and_match_one_process(two_by_four, synthetic_data_dir):
   # Issue 16: through the real pipeline (train_and_evaluate), the run does not
   # depend on how many processes and devices it is spread over.
-  tmp, results = two_by_four
+  tmp, results, single = two_by_four
   assert [r['process_count'] for r in results] == [2, 2]
   assert [r['device_count'] for r in results] == [8, 8]
   assert len(results[0]['losses']) == 3
   assert results[0]['losses'] == results[1]['losses']
-  codes, logs, (single,) = _launch('train', tmp, tmp / 'w1', synthetic_data_dir, 1, 8)
-  assert codes == [0], logs[0][-2000:]
   assert single['losses'] == pytest.approx(results[0]['losses'], rel=1e-5)
   assert single['checksum'] == pytest.approx(results[0]['checksum'], rel=1e-5)
   _assert_same_params(_params(tmp, 1, 8), _params(tmp, 2, 4))
@@ -100,17 +102,17 @@ def test_two_processes_agree_and_match_one_process(two_by_four, synthetic_data_d
 
 
 def test_save_on_two_restore_on_one_and_back(two_by_four, synthetic_data_dir):
-  tmp, results = two_by_four
+  tmp, results, single = two_by_four
   codes, logs, (restored,) = _launch('restore', tmp, tmp / 'w2', synthetic_data_dir, 1, 8)
   assert codes == [0], logs[0][-2000:]
   assert restored['step'] == 3
   assert restored['checksum'] == pytest.approx(results[0]['checksum'], rel=1e-6)
   # ... and a 1-process checkpoint restored by 2 processes.
-  codes, logs, _ = _launch('train', tmp, tmp / 'w1b', synthetic_data_dir, 1, 8)
-  assert codes == [0], logs[0][-2000:]
-  codes, logs, back = _launch('restore', tmp, tmp / 'w1b', synthetic_data_dir, 2, 4)
+  codes, logs, back = _launch('restore', tmp, tmp / 'w1', synthetic_data_dir, 2, 4)
   assert codes == [0, 0], '\n'.join(log[-2000:] for log in logs)
+  assert [b['step'] for b in back] == [3, 3]
   assert back[0]['checksum'] == pytest.approx(back[1]['checksum'], rel=1e-9)
+  assert back[0]['checksum'] == pytest.approx(single['checksum'], rel=1e-6)
   # The best-checkpoint decision is process 0's on every process, to the bit.
   assert back[0]['agreed'] == back[1]['agreed'] == [0.1, None]
 

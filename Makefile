@@ -34,8 +34,11 @@ lock:
 demo: $(STAMP)
 	$(VENV)/bin/mtl-jax demo --workdir runs/demo
 
+# One pytest-xdist worker per core; a module's tests stay on one worker, so a
+# module fixture (a trained run) is built once. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,11 +6,14 @@ Every test then runs data-parallel over 8 devices, as on a GPU node.
 
 import os
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One XLA compilation cache for the session, shared with the subprocesses the
 # tests start: the many tiny runs compile the same programs again and again.
+# pytest-xdist's workers inherit this environment from the controller, so
+# they share its cache, and only the controller removes it.
 _OWN_XLA_CACHE = None  # made here, so removed at the session's end
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   import tempfile  # pylint: disable=g-import-not-at-top

@@ -6,9 +6,9 @@ Every test then runs data-parallel over 8 devices, as on a GPU node.
 
 import os
 
-if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_force_host_platform_device_count=8').strip()
+_EIGHT_DEVICES = '--xla_force_host_platform_device_count=8'
+if _EIGHT_DEVICES not in os.environ.get('XLA_FLAGS', '').split():  # once per xdist worker
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _EIGHT_DEVICES).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One XLA compilation cache for the session, shared with the subprocesses the
 # tests start: the many tiny runs compile the same programs again and again.

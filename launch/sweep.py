@@ -227,6 +227,10 @@ def run_plan(args) -> int:
       f.write(report)
     plan_results.write_csv(rows, os.path.join(args.root, 'results.csv'))
     plan_results.bar_chart(plan, rows, os.path.join(args.root, 'results.png'))
+  else:  # no finished run: an earlier collect's files would pass for this one's
+    for name in ('results.md', 'results.csv', 'results.png'):
+      if os.path.exists(os.path.join(args.root, name)):
+        os.remove(os.path.join(args.root, name))
   for failure in failures:
     print(failure, file=sys.stderr)
   return 1 if failures else 0

@@ -24,7 +24,8 @@ from mtl_jax.ablation import claim_root, eval_path, foreign_folders, runs, state
 from mtl_jax.errors import ConfigError
 
 # (label, key in eval_<split>.json); each source's AUC is added per source.
-METRICS = (('Dice', 'dice'), ('pooled AUC', 'auc_covid'), ('accuracy', 'accuracy'),
+METRICS = (('Dice (pooled)', 'dice'), ('pooled AUC', 'auc_covid'),
+           ('accuracy (pooled)', 'accuracy'),
            ('recon MSE', 'recon_mse'),
            # false lesions: the share of a normal slice segmented, lower is better
            ('normal lesion area', 'normal_lesion_area'))
@@ -81,9 +82,24 @@ def keys_present(rows) -> list[str]:
   return [k for k in ordered if any(r.get(k) is not None for r in rows)]
 
 
+def fmt(value: float, sign: bool = False) -> str:
+  """Three significant digits: a Dice of 0.705, an MSE of 0.0105 and a
+  lesion area of 1.39e-05 all keep their information (fixed decimals showed
+  the last two as 0.000)."""
+  return f'{value:+#.3g}' if sign else f'{value:#.3g}'
+
+
+SUMMARY_NOTE = ('± is the sample sd over seeds (ddof 1); [a, b] is the mean over seeds of each '
+                "run's own 95% bootstrap CI over the validation slices, the uncertainty from "
+                'the slices alone: it is not a CI of the mean over seeds, and arms scored on the '
+                'same slices are compared in the paired table, not by overlapping brackets. Dice '
+                'pools pixels over every validation slice with a ground-truth mask (pseudo masks '
+                'never count); accuracy is 3-class, pooled over every labelled slice.')
+
+
 def summary_table(plan: dict, rows: list[dict]) -> str:
   """Markdown: per arm and metric, mean ± sd over seeds, then the mean of the
-  runs' own bootstrap 95% CIs (example sampling) in brackets."""
+  runs' own bootstrap 95% CIs (example sampling) in brackets; a note says so."""
   keys = keys_present(rows)
   lines = ['| arm | seeds | ' + ' | '.join(_label(k) for k in keys) + ' |',
            '|---|---|' + '---|' * len(keys)]
@@ -95,22 +111,35 @@ def summary_table(plan: dict, rows: list[dict]) -> str:
       if not values:
         cells.append('-')
         continue
-      spread = f'{np.std(values, ddof=1):.3f}' if len(values) > 1 else '- (1 seed)'
-      cell = f'{np.mean(values):.3f} ± {spread}'
+      spread = fmt(np.std(values, ddof=1)) if len(values) > 1 else '- (1 seed)'
+      cell = f'{fmt(np.mean(values))} ± {spread}'
       cis = [r[key + '_ci95'] for r in rows if r['arm'] == arm and r.get(key + '_ci95')]
       if cis:
-        cell += f' [{np.mean([c[0] for c in cis]):.3f}, {np.mean([c[1] for c in cis]):.3f}]'
+        cell += f' [{fmt(np.mean([c[0] for c in cis]))}, {fmt(np.mean([c[1] for c in cis]))}]'
       cells.append(cell)
     lines.append(f'| {arm} | {len(seeds)} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+  return '\n'.join(lines) + '\n\n' + SUMMARY_NOTE
+
+
+def holm(pvalues: list[float]) -> list[float]:
+  """Holm's step-down adjustment of a family of p-values (same order): with
+  five arms against one baseline, one raw p < 0.05 in five is expected by
+  chance on a metric where no arm differs."""
+  order = np.argsort(pvalues)
+  adjusted, running = [0.0] * len(pvalues), 0.0
+  for rank, i in enumerate(order):
+    running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+    adjusted[i] = running
+  return adjusted
 
 
 def paired_table(plan: dict, rows: list[dict]) -> str:
-  """Markdown: each arm minus the baseline, seed by seed, with a paired t-test."""
+  """Markdown: each arm minus the baseline, seed by seed, with a paired t-test
+  (two-sided, over the seeds both have) and its p Holm-adjusted over the arms
+  tested on that metric; a note says so."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
   base = plan['baseline']
-  lines = [f'| arm | metric | mean difference (arm - {base}) | seeds paired | t | p |',
-           '|---|---|---|---|---|---|']
+  tests = []  # (arm, key, differences, t, p or a reason there is none)
   for arm in plan['arms']:
     if arm == base:
       continue
@@ -120,13 +149,29 @@ def paired_table(plan: dict, rows: list[dict]) -> str:
       if not seeds:
         continue
       diff = np.array([theirs[s] - ours[s] for s in seeds])
-      if len(seeds) > 1 and np.std(diff) > 0:
-        test = stats.ttest_rel([theirs[s] for s in seeds], [ours[s] for s in seeds])
-        t, p = f'{test.statistic:.2f}', f'{test.pvalue:.3f}'
+      if len(seeds) < 2:
+        tests.append((arm, key, diff, None, '- (one seed)'))
+      elif np.std(diff) <= 1e-12 * max(1.0, abs(diff.mean())):
+        tests.append((arm, key, diff, None, '- (the same difference in every seed: no spread)'))
       else:
-        t, p = '-', '- (needs 2+ seeds, and differences that vary)'
-      lines.append(f'| {arm} | {_label(key)} | {diff.mean():+.4f} | {len(seeds)} | {t} | {p} |')
-  return '\n'.join(lines)
+        test = stats.ttest_rel([theirs[s] for s in seeds], [ours[s] for s in seeds])
+        tests.append((arm, key, diff, test.statistic, float(test.pvalue)))
+  adjusted = {}
+  for key in {key for _, key, *_ in tests}:
+    family = [(arm, p) for arm, k, _, _, p in tests if k == key and isinstance(p, float)]
+    adjusted.update({(arm, key): a for (arm, _), a in zip(family, holm([p for _, p in family]))})
+  lines = [f'| arm | metric | mean difference (arm - {base}) | sd of differences | seeds paired '
+           '| t | p | p (Holm) |', '|---|---|---|---|---|---|---|---|']
+  for arm, key, diff, t, p in tests:
+    sd = '-' if len(diff) < 2 else '0' if t is None else fmt(np.std(diff, ddof=1))
+    cells = ([f'{t:.2f}', f'{p:.3f}', f'{adjusted[(arm, key)]:.3f}'] if t is not None
+             else ['-', p, '-'])
+    lines.append(f'| {arm} | {_label(key)} | {fmt(diff.mean(), sign=True)} | {sd} | {len(diff)} | '
+                 + ' | '.join(cells) + ' |')
+  note = ('t and p: two-sided paired t-test over the seeds both arms have (df = seeds - 1); '
+          'p (Holm): adjusted over the arms tested on the same metric. With 2-3 seeds only '
+          'large, consistent differences can reach p < 0.05.')
+  return '\n'.join(lines) + '\n\n' + note
 
 
 def bar_chart(plan: dict, rows: list[dict], path: str):
@@ -145,7 +190,7 @@ def bar_chart(plan: dict, rows: list[dict], path: str):
       values = list(_values(rows, arm, key).values())
       if not values:
         continue
-      sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+      sd = np.std(values, ddof=1) if len(values) > 1 else None  # no bar: not a zero spread
       ax.bar(i, np.mean(values), yerr=sd, capsize=4, color=f'C{i}', alpha=0.7)
       ax.plot([i] * len(values), values, 'k.', markersize=4)
     ax.set_xticks(range(len(arms)), arms, rotation=30, ha='right', fontsize=8)

@@ -53,7 +53,7 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
 
   table = (root / 'results.md').read_text()
   assert '| full | 2 |' in table and '| seg_only | 2 |' in table
-  assert '| seg_only | Dice |' in table  # paired against the baseline, seed by seed
+  assert '| seg_only | Dice (pooled) |' in table  # paired against the baseline, seed by seed
   with open(root / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert sorted((r['arm'], r['seed']) for r in rows) == [
@@ -113,8 +113,37 @@ def test_another_baseline_is_what_every_arm_is_paired_with():
                                   ('seg_only', 0, 0.60), ('seg_only', 1, 0.61))]
   table = plan_results.paired_table(plan, rows)
   assert 'mean difference (arm - seg_only)' in table
-  assert '| full | Dice | +0.1050 | 2 |' in table
+  assert '| full | Dice (pooled) | +0.105 | 0.00707 | 2 |' in table
   assert '| seg_only |' not in table
+
+
+def test_tables_keep_small_figures_and_name_what_was_not_tested():
+  """Three significant digits (an MSE's seed spread is not 0.000), a missing
+  task is '-', a constant difference is not tested, and p is Holm-adjusted
+  over the arms compared on a metric."""
+  from mtl_jax import ablation, plan_results  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'ablation.py:tiny'))
+  plan['arms'] = {**plan['arms'], 'cls_only': 'tiny,cls_only'}
+  rows = [{'arm': 'full', 'seed': 0, 'dice': 0.70, 'recon_mse': 0.0105, 'accuracy': 0.90},
+          {'arm': 'full', 'seed': 1, 'dice': 0.72, 'recon_mse': 0.0108, 'accuracy': 0.91},
+          {'arm': 'full', 'seed': 2, 'dice': 0.71, 'recon_mse': 0.0104, 'accuracy': 0.92},
+          {'arm': 'seg_only', 'seed': 0, 'dice': 0.60, 'recon_mse': 0.0115},
+          {'arm': 'seg_only', 'seed': 1, 'dice': 0.63, 'recon_mse': 0.0118},
+          {'arm': 'seg_only', 'seed': 2, 'dice': 0.61, 'recon_mse': 0.0114},
+          {'arm': 'cls_only', 'seed': 0, 'accuracy': 0.95, 'recon_mse': 0.0101},
+          {'arm': 'cls_only', 'seed': 1, 'accuracy': 0.96, 'recon_mse': 0.0103}]
+  summary = plan_results.summary_table(plan, rows)
+  assert '| full | 3 | 0.710 ± 0.0100 | 0.910 ± 0.0100 | 0.0106 ± 0.000208 |' in summary
+  assert '| cls_only | 2 | - |' in summary  # no segmentation: missing, not 0
+  assert 'not a CI of the mean over seeds' in summary
+  paired = plan_results.paired_table(plan, rows)
+  # recon MSE +0.001 in every seed of seg_only: no spread, so no t-test
+  assert '| seg_only | recon MSE | +0.00100 | 0 | 3 | - | - (the same difference' in paired
+  assert '| cls_only | accuracy (pooled) | +0.0500 | 0 | 2 | - |' in paired
+  line = next(l for l in paired.splitlines() if l.startswith('| seg_only | Dice'))
+  raw, adjusted = (float(c) for c in line.strip('| ').split(' | ')[-2:])
+  assert adjusted == pytest.approx(raw)  # the only arm with a Dice: a family of one
+  assert plan_results.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
 def test_dry_run_prints_a_slurm_array_and_a_tpu_loop(tmp_path):

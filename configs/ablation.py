@@ -10,8 +10,9 @@ same budget, then evaluated on validation at its last step (`plan.checkpoint`).
 When the recipe learns from unlabelled data (pseudo labels, a pre-trained
 start), a `no_unlabelled` arm trains it without them.
 
-Budget: 18 runs at real.py:cpu's 3000 steps take ~26 h on the 2-core CPU, so
-every run is shortened to RUN_STEPS (~13 h for the plan). `:length_check`
+Budget: 18 runs at real.py:cpu's 3000 steps take ~26 h on the 2-core CPU
+of 2026-11-30 (1.2 s/step) and ~48 h on 2026-12-02's (3 s/step), so every
+run is shortened to RUN_STEPS (~13 h and ~24 h for the plan). `:length_check`
 trains the full and seg_only arms at the full 3000 steps with two seeds, to
 show that the ranking at the shorter length is the ranking at full length
 (bench/RESULTS.md). `:tiny` is a 2 x 2 plan of a few steps on synthetic data,
@@ -47,7 +48,7 @@ def arms(overrides=()) -> tuple:
 
 RUN_STEPS = 1500  # of real.py:cpu's 3000
 # Every run is compared at its last step, so the evaluations on the way only
-# draw its curve: every 500 steps, not 250, saves ~3 min of each ~40 min run.
+# draw its curve: every 500 steps, not 250, saves ~3 min of each 40-80 min run.
 EVAL_EVERY = 500
 
 

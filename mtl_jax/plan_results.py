@@ -111,8 +111,9 @@ def summary_table(plan: dict, rows: list[dict]) -> str:
       if not values:
         cells.append('-')
         continue
-      spread = fmt(np.std(values, ddof=1)) if len(values) > 1 else '- (1 seed)'
-      cell = f'{fmt(np.mean(values))} ± {spread}'
+      cell = fmt(np.mean(values))  # one seed: no spread to show (the seeds column says so)
+      if len(values) > 1:
+        cell += f' ± {fmt(np.std(values, ddof=1))}'
       cis = [r[key + '_ci95'] for r in rows if r['arm'] == arm and r.get(key + '_ci95')]
       if cis:
         cell += f' [{fmt(np.mean([c[0] for c in cis]))}, {fmt(np.mean([c[1] for c in cis]))}]'

@@ -135,6 +135,7 @@ def test_tables_keep_small_figures_and_name_what_was_not_tested():
   summary = plan_results.summary_table(plan, rows)
   assert '| full | 3 | 0.710 ± 0.0100 | 0.910 ± 0.0100 | 0.0106 ± 0.000208 |' in summary
   assert '| cls_only | 2 | - |' in summary  # no segmentation: missing, not 0
+  assert '| full | 1 | 0.700 | 0.900 | 0.0105 |' in plan_results.summary_table(plan, rows[:1])
   assert 'not a CI of the mean over seeds' in summary
   paired = plan_results.paired_table(plan, rows)
   # recon MSE +0.001 in every seed of seg_only: no spread, so no t-test

@@ -11,7 +11,8 @@ A plan (`--plan FILE.py[:ARG]`, e.g. configs/ablation.py) runs each arm with
 each seed in ROOT/ARM/seed_S, each followed by `mtl-jax evaluate`. It is
 re-entrant: finished runs are skipped, unfinished ones resume. `--collect`
 writes ROOT/results.md (mean ± sd over seeds, CIs, and each arm against the
-baseline with a paired t-test over seeds), ROOT/results.png and
+baseline with a paired t-test over seeds), ROOT/results.png (mean ± sd),
+ROOT/results_diff.png (each arm minus the baseline, seed by seed) and
 ROOT/results.csv from what exists, and lists what is missing. `--dry_run`
 prints the plan as a SLURM array job and as a TPU-VM loop. `--reuse_from
 ROOT2` links a finished run under ROOT2 whose whole config is what a run
@@ -227,8 +228,11 @@ def run_plan(args) -> int:
       f.write(report)
     plan_results.write_csv(rows, os.path.join(args.root, 'results.csv'))
     plan_results.bar_chart(plan, rows, os.path.join(args.root, 'results.png'))
+    diff_png = os.path.join(args.root, 'results_diff.png')
+    if not plan_results.difference_chart(plan, rows, diff_png) and os.path.exists(diff_png):
+      os.remove(diff_png)  # no pair yet: an earlier collect's chart would pass for this one's
   else:  # no finished run: an earlier collect's files would pass for this one's
-    for name in ('results.md', 'results.csv', 'results.png'):
+    for name in ('results.md', 'results.csv', 'results.png', 'results_diff.png'):
       if os.path.exists(os.path.join(args.root, name)):
         os.remove(os.path.join(args.root, name))
   for failure in failures:

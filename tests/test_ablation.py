@@ -61,6 +61,7 @@ def test_plan_runs_reenters_after_a_kill_and_collects(tmp_path, synthetic_data_d
   assert all(float(r['dice']) >= 0 for r in rows)
   assert rows[0]['auc_covid'] != '' if rows[0]['arm'] == 'full' else True
   assert (root / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert (root / 'results_diff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert json.loads((root / 'plan.json').read_text())['name'] == 'ablation:tiny'
 
   # The results kept without checkpoints (a purged scratch root) are still
@@ -145,6 +146,24 @@ def test_tables_keep_small_figures_and_name_what_was_not_tested():
   raw, adjusted = (float(c) for c in line.strip('| ').split(' | ')[-2:])
   assert adjusted == pytest.approx(raw)  # the only arm with a Dice: a family of one
   assert plan_results.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+  # The difference chart plots exactly what the paired table tests.
+  diffs = {(arm, key): d for arm, key, d in plan_results.paired_differences(plan, rows)}
+  assert diffs[('seg_only', 'dice')] == pytest.approx([-0.10, -0.09, -0.10])
+  assert diffs[('cls_only', 'accuracy')] == pytest.approx([0.05, 0.05])  # seeds both have
+  assert ('cls_only', 'dice') not in diffs
+
+
+def test_difference_chart_is_written_once_an_arm_has_a_pair(tmp_path):
+  from mtl_jax import ablation, plan_results  # pylint: disable=g-import-not-at-top
+  plan = ablation.load_plan(str(REPO / 'configs' / 'ablation.py:tiny'))
+  rows = [{'arm': 'full', 'seed': 0, 'dice': 0.70}, {'arm': 'seg_only', 'seed': 1, 'dice': 0.6}]
+  path = tmp_path / 'diff.png'
+  assert not plan_results.difference_chart(plan, rows, str(path)) and not path.exists()
+  rows.append({'arm': 'seg_only', 'seed': 0, 'dice': 0.65})
+  assert plan_results.difference_chart(plan, rows, str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert os.listdir(tmp_path) == ['diff.png']  # written atomically: no temporary left
 
 
 def test_dry_run_prints_a_slurm_array_and_a_tpu_loop(tmp_path):

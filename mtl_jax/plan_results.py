@@ -168,8 +168,8 @@ def paired_table(plan: dict, rows: list[dict]) -> str:
   for key in {key for _, key, *_ in tests}:
     family = [(arm, p) for arm, k, _, _, p in tests if k == key and isinstance(p, float)]
     adjusted.update({(arm, key): a for (arm, _), a in zip(family, holm([p for _, p in family]))})
-  lines = [f'| arm | metric | mean difference (arm - {plan["baseline"]}) | sd of differences | seeds paired '
-           '| t | p | p (Holm) |', '|---|---|---|---|---|---|---|---|']
+  lines = [f'| arm | metric | mean difference (arm - {plan["baseline"]}) | sd of differences '
+           '| seeds paired | t | p | p (Holm) |', '|---|---|---|---|---|---|---|---|']
   for arm, key, diff, t, p in tests:
     sd = '-' if len(diff) < 2 else '0' if t is None else fmt(np.std(diff, ddof=1))
     cells = ([f'{t:.2f}', f'{p:.3f}', f'{adjusted[(arm, key)]:.3f}'] if t is not None
@@ -227,9 +227,11 @@ def difference_chart(plan: dict, rows: list[dict], path: str):
   """One panel per metric: each arm minus the baseline, one dot per seed and
   a line at their mean, around a zero line. The bar chart starts at 0, where
   a 0.04 Dice gap between 0.70 and 0.74 is hard to see; this is the chart of
-  what the paired table tests."""
+  what the paired table tests. False, and nothing written, before any arm
+  has a seed in common with the baseline."""
   diffs = paired_differences(plan, rows)
-  keys = [k for k in keys_present(rows) if any(key == k for _, key, _ in diffs)]
+  paired_keys = {key for _, key, _ in diffs}
+  keys = [k for k in keys_present(rows) if k in paired_keys]
   if not keys:
     return False
   fig, axes = _panels(keys)

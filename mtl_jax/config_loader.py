@@ -93,12 +93,51 @@ def _parse_value(text: str, current):
   return value
 
 
+# Free-form name -> weight mappings (training sources, task loss weights):
+# their entries are names, not schema fields, so an override may replace the
+# whole mapping ("{'ct_folder': 1.0}") or add an entry (`sources.ct_folder=1`).
+OPEN_MAPPINGS = ('data.sources', 'loss.weights')
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return None
+
+
+def _weight(value, key: str, text: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f'--config.{key}: expected a number (a weight), got {text!r}')
+  return float(value)
+
+
+def _parse_mapping(text: str, key: str) -> ml_collections.ConfigDict:
+  value = _literal(text)
+  if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+    raise ConfigError(f'--config.{key}: expected a mapping of names to weights like '
+                      f"\"{{'name': 1.0}}\", got {text!r}")
+  return ml_collections.ConfigDict(
+      {name: _weight(w, f'{key}.{name}', repr(w)) for name, w in value.items()})
+
+
 def apply_overrides(config, overrides: list[str]):
   """Apply 'a.b=value' strings (a leading '--config.' is optional)."""
   for item in overrides:
     key, sep, text = item.removeprefix('--').removeprefix('config.').partition('=')
     if not sep:
       raise ConfigError(f'override {item!r} must look like --config.KEY=VALUE')
+    parent, _, leaf = key.rpartition('.')
+    if key in OPEN_MAPPINGS or parent in OPEN_MAPPINGS:
+      *path, name = (key if key in OPEN_MAPPINGS else parent).split('.')
+      node = config
+      for part in path:
+        node = node[part]
+      if key in OPEN_MAPPINGS:
+        node[name] = _parse_mapping(text, key)
+      else:
+        node[name][leaf] = _weight(_literal(text), key, text)
+      continue
     node, *parents = config, *key.split('.')[:-1]
     for part in parents:
       if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
@@ -217,7 +256,7 @@ def from_dict(data: dict, where: str = 'saved config') -> ml_collections.ConfigD
 
 def _is_open_dict(key: str) -> bool:
   """Entries of free-form mappings (sources, task weights) are not schema fields."""
-  return key.startswith(('data.sources.', 'data.eval_sources.', 'loss.weights.'))
+  return key.startswith(tuple(f'{m}.' for m in OPEN_MAPPINGS) + ('data.eval_sources.',))
 
 
 def differences(saved: dict, expected: dict, ignored: tuple = ()) -> list[str]:

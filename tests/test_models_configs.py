@@ -139,6 +139,27 @@ def test_overrides_parse_and_validate():
                               ['--config.train.num_train_steps=1.5'])
 
 
+def test_overrides_of_name_to_weight_mappings():
+  """README's bring-your-own-CT command replaces the training sources
+  wholesale; an entry can also be added or reweighted on its own."""
+  config = config_loader.load_config(
+      f'{REPO}/configs/default.py',
+      ["--config.data.sources={'ct_folder': 1}", "--config.data.eval_sources=('ct_folder',)"])
+  assert dict(config.data.sources) == {'ct_folder': 1.0}
+  assert isinstance(config.data.sources.ct_folder, float)
+  assert config.data.eval_sources == ('ct_folder',)
+  config = config_loader.load_config(
+      f'{REPO}/configs/default.py',
+      ['--config.data.sources.mosmed=0.5', '--config.loss.weights.recon=0'])
+  assert dict(config.data.sources) == {'synthetic_ct': 1.0, 'mosmed': 0.5}
+  assert config.loss.weights.recon == 0.0
+  for bad, match in (("--config.data.sources=['ct_folder']", 'mapping of names to weights'),
+                     ("--config.data.sources={'ct_folder': 'high'}", 'expected a number'),
+                     ('--config.loss.weights.seg=true', 'expected a number')):
+    with pytest.raises(config_loader.ConfigError, match=match):
+      config_loader.load_config(f'{REPO}/configs/default.py', [bad])
+
+
 def test_missing_and_malformed_config_files(tmp_path):
   with pytest.raises(config_loader.ConfigError, match='not found'):
     config_loader.load_config(str(tmp_path / 'nope.py'))

@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from configs.real import AUC_SOURCES as SOURCES  # noqa: E402
 from mtl_jax import checkpointing, evaluation  # noqa: E402
 from mtl_jax import runtime as runtime_lib  # noqa: E402
 
 FIGURES = ('dice', 'auc_covid', 'accuracy', 'auc_macro')
-SOURCES = ('covid_ct', 'mosmed', 'sars_cov2_ct')
 
 
 def main():

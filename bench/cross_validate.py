@@ -51,7 +51,7 @@ from mtl_jax import (ablation, checkpointing, config_loader, evaluation,  # noqa
                      lesion_threshold, plan_results)
 from mtl_jax.data import datasets  # noqa: E402
 
-SOURCES = ('covid19_ct_seg', 'covid_ct', 'mosmed', 'sars_cov2_ct', 'china_negative')
+FOLDED = 'medseg_covid'  # the source whose validation fold rotates
 
 
 def main(argv=None) -> int:
@@ -59,7 +59,8 @@ def main(argv=None) -> int:
   parser.add_argument('--root', default='runs/cv')
   parser.add_argument('--config', default='configs/real.py:cpu')
   parser.add_argument('--data_dir', default='data')
-  parser.add_argument('--image_size', type=int, default=128)
+  parser.add_argument('--image_size', type=int, default=None,
+                      help="MedSeg's build size (default: the recipe's data.image_size)")
   parser.add_argument('--folds', default='0,1,2,3,4')
   parser.add_argument('--set', action='append', default=[], help='KEY=VALUE for every fold')
   parser.add_argument('--mtl_jax', default=os.path.join(os.path.dirname(sys.executable),
@@ -77,6 +78,9 @@ def main(argv=None) -> int:
     parser.error('each fold has its own data folder: give the sources with --data_dir, '
                  'not --set data.data_dir')
   exe = shlex.split(args.mtl_jax)
+  recipe = config_loader.load_config(args.config, [f'--config.{s}' for s in args.set])
+  size = args.image_size or recipe.data.image_size
+  others = sorted((set(recipe.data.sources) | set(recipe.data.eval_sources)) - {FOLDED})
   folds = [int(f) for f in args.folds.split(',')]
   if args.reuse_fold0 and 0 not in folds:
     parser.error('--reuse_fold0 without fold 0 in --folds')
@@ -85,8 +89,8 @@ def main(argv=None) -> int:
     data = os.path.abspath(os.path.join(args.root, f'data_fold_{fold}'))
     workdir = os.path.join(args.root, f'fold_{fold}')
     evaluated = evaluation.results_path(workdir, 'validation', args.checkpoint)
-    steps = [exe + ['build-data', 'medseg_covid', '--data_dir', data, '--image_size',
-                    str(args.image_size), '--fold', str(fold)],
+    steps = [exe + ['build-data', FOLDED, '--data_dir', data, '--image_size',
+                    str(size), '--fold', str(fold)],
              exe + ['train', '--config', args.config, '--workdir', workdir,
                     f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set],
              exe + ['evaluate', '--workdir', workdir, '--checkpoint', args.checkpoint]]
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
         return 1
     elif not _finished(args, workdir):
       os.makedirs(data, exist_ok=True)
-      for name in SOURCES:  # the other sources do not depend on the fold
+      for name in others:  # the other sources do not depend on the fold
         link = os.path.join(data, name)
         if not os.path.lexists(link):
           os.symlink(os.path.abspath(os.path.join(args.data_dir, name)), link)
@@ -166,7 +170,7 @@ def _not_fold0(args, data: str, workdir: str) -> str:
   if not os.path.isabs(run_data):  # relative to where it was trained: the repository
     run_data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             run_data)
-  path = datasets.builder_dir('medseg_covid', run_data, size)
+  path = datasets.builder_dir(FOLDED, run_data, size)
   if path is None:
     return f'its MedSeg data ({run_data}) is gone; cannot check its fold'
   with open(os.path.join(path, 'metadata.json')) as f:
@@ -176,9 +180,9 @@ def _not_fold0(args, data: str, workdir: str) -> str:
             f'{built.get("seed")}, not fold 0 of seed 0')
   trained_on = (checkpointing.read_meta(run, 'latest')[0].get('preprocessing') or {}).get(
       'built') or {}
-  for name in SOURCES:
+  for name in sorted(set(trained_on) - {FOLDED}):
     here = datasets.builder_dir(name, args.data_dir, size)
-    if name in trained_on and (here is None or
+    if (here is None or
                                datasets.built_record(here) != trained_on[name]):
       return f'trained on another build of {name} than {args.data_dir} holds'
   return ''
@@ -202,7 +206,7 @@ def table(results: dict) -> str:
            '|---|---|---|---|']
   dice = []
   for fold, r in sorted(results.items()):
-    medseg = (r.get('by_source') or {}).get('medseg_covid', r)
+    medseg = (r.get('by_source') or {}).get(FOLDED, r)
     dice.append(medseg['dice'])
     ci = medseg.get('dice_ci95') or [float('nan')] * 2
     lines.append(f'| {fold} | {medseg["num_seg_examples"]} | {medseg["dice"]:.3f} '
@@ -220,7 +224,7 @@ def threshold_table(results: dict) -> str:
   grid = list(lesion_threshold.GRID)
   sweeps, skipped = {}, []
   for fold, r in sorted(results.items()):
-    medseg = ((r.get('by_source') or {}).get('medseg_covid', r)).get('threshold_sweep')
+    medseg = ((r.get('by_source') or {}).get(FOLDED, r)).get('threshold_sweep')
     if medseg and medseg.get('num_seg_examples') and medseg['thresholds'] == grid:
       sweeps[fold] = (medseg, r.get('threshold_sweep') or {})
     else:

@@ -49,7 +49,7 @@ def main():
         scores.append(report['classification']['probabilities']['covid19'])
         positives.append(positive)
   scores, positives = np.asarray(scores), np.asarray(positives)
-  ci = metrics_summary.bootstrap_auc_ci(scores, positives, num_resamples=1000, seed=0)
+  ci = metrics_summary.bootstrap_auc_ci(scores, positives, num_resamples=metrics_summary.NUM_RESAMPLES, seed=0)
   print('| path | slices | UCSD AUC COVID vs non-COVID [95% CI] |')
   print('|---|---|---|')
   low, high = ucsd.get('auc_covid_ci95') or (float('nan'),) * 2

@@ -88,7 +88,7 @@ def main():
     stems = held_out_slices(config)
     c = slice_counts(predictor, pathlib.Path(args.medseg), stems)
     pooled = metrics.dice_from_counts(*c[:, :3].sum(axis=0))
-    low, high = metrics_summary.bootstrap_pooled_dice_ci(c, num_resamples=1000, seed=0)
+    low, high = metrics_summary.bootstrap_pooled_dice_ci(c, num_resamples=metrics_summary.NUM_RESAMPLES, seed=0)
     per_slice = np.mean([metrics.dice_from_counts(*row[:3]) for row in c])
     built = evaluation.results_path(workdir, 'validation', predictor.which)
     if os.path.exists(built):

@@ -21,7 +21,8 @@ import os
 
 import ml_collections
 
-from mtl_jax import stages
+from mtl_jax import metrics_summary, stages
+from mtl_jax.data import preprocess
 
 SIZE_PRESETS = ('full', 'demo', 'tiny')
 ABLATIONS = ('seg_only', 'cls_only', 'no_recon', 'uncertainty', 'no_unlabelled')
@@ -72,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # evaluation) at image_size. () trains at image_size throughout.
   config.data.train_size_schedule = ()
   # Preprocessing recorded in every checkpoint and replayed by predict.
-  config.data.window_hu = (-1000.0, 400.0)
+  config.data.window_hu = preprocess.LUNG_WINDOW
   # 'hu' (CT in Hounsfield units, windowed) or '8bit' (renderings scaled to [0, 1]).
   config.data.input_kind = 'hu'
   # Intensity standardisation (preprocess.STANDARDIZE_MODES): 'per_source'
@@ -156,7 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 32
-  config.eval.bootstrap_resamples = 1000
+  config.eval.bootstrap_resamples = metrics_summary.NUM_RESAMPLES
   config.eval.max_examples = -1  # -1: the whole split
 
   # The machine a config is meant for, read by `mtl-jax plan` (sizing only;

@@ -17,6 +17,7 @@ import sys
 import traceback
 
 from mtl_jax import logs
+from mtl_jax.data.preprocess import LUNG_WINDOW
 from mtl_jax.errors import UserError
 
 # Multi-device CPU simulation and quiet logs must be set before jax starts.
@@ -63,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                      help='leave out bad files (recorded in the metadata)')
   build.add_argument('--window_hu', type=float, nargs=2, metavar=('LOW', 'HIGH'),
                      default=None, help='HU window CT volumes are rendered with '
-                     '(default: the lung window -1000 400); recorded in the dataset')
+                     f'(default: the lung window {LUNG_WINDOW[0]:g} {LUNG_WINDOW[1]:g}); '
+                     'recorded in the dataset')
   build.add_argument('--fold', type=int, default=None,
                      help='cross-validation: hold out fold K of a seeded permutation '
                      '(0..4 with the usual 20%% held out); default 0')
@@ -185,7 +187,8 @@ def _run(args, overrides) -> int:
               if value}
     if args.window_hu and not args.window_hu[0] < args.window_hu[1]:
       raise UserError(f'--window_hu {args.window_hu[0]:g} {args.window_hu[1]:g}: LOW must '
-                      'be below HIGH (the lung window is -1000 400)')
+                      f'be below HIGH (the lung window is {LUNG_WINDOW[0]:g} '
+                      f'{LUNG_WINDOW[1]:g})')
     if 'use_pseudo_masks' in kwargs and args.name != 'covid19_ct_seg':
       raise UserError(f'--use_pseudo_masks is for covid19_ct_seg, not {args.name}')
     from tfds_builders import registry  # pylint: disable=g-import-not-at-top

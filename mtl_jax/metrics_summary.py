@@ -17,9 +17,14 @@ import numpy as np
 from mtl_jax import jsonio, metrics
 
 
+# Bootstrap resamples behind every 95% interval (config.eval.bootstrap_resamples
+# defaults to it; bench scripts use it).
+NUM_RESAMPLES = 1000
+
+
 # -------------------------------------------------------------------- bootstrap
 def bootstrap_ci(values_fn: Callable[[np.ndarray], float], n: int,
-                 num_resamples: int = 1000, alpha: float = 0.05,
+                 num_resamples: int = NUM_RESAMPLES, alpha: float = 0.05,
                  seed: int = 0) -> tuple[float, float]:
   """Percentile bootstrap (1 - alpha) interval of a statistic over n examples.
 
@@ -66,7 +71,7 @@ def bootstrap_auc_ci(scores, positives, **kwargs) -> tuple[float, float]:
 
 # -------------------------------------------------------------------- summarize
 def segmentation_summary(acc: metrics.SegmentationAccumulator, bootstrap: bool = True,
-                         num_resamples: int = 1000, seed: int = 0) -> tuple[dict, int]:
+                         num_resamples: int = NUM_RESAMPLES, seed: int = 0) -> tuple[dict, int]:
   """(results, examples counted). With bootstrap: `dice_ci95` (pooled Dice,
   matching `dice`) and `dice_per_image_mean_ci95`, when computable."""
   out = acc.result()
@@ -78,7 +83,7 @@ def segmentation_summary(acc: metrics.SegmentationAccumulator, bootstrap: bool =
 
 
 def classification_summary(acc: metrics.ClassificationAccumulator, bootstrap: bool = True,
-                           num_resamples: int = 1000, seed: int = 0) -> tuple[dict, int]:
+                           num_resamples: int = NUM_RESAMPLES, seed: int = 0) -> tuple[dict, int]:
   """(results, examples counted). With bootstrap: `auc_covid_ci95`, when computable."""
   out = acc.result()
   if bootstrap and not math.isnan(out['auc_covid']):
@@ -89,7 +94,7 @@ def classification_summary(acc: metrics.ClassificationAccumulator, bootstrap: bo
 
 
 def reconstruction_summary(acc: metrics.ReconstructionAccumulator, bootstrap: bool = True,
-                           num_resamples: int = 1000, seed: int = 0) -> tuple[dict, int]:
+                           num_resamples: int = NUM_RESAMPLES, seed: int = 0) -> tuple[dict, int]:
   del bootstrap, num_resamples, seed  # MSE over every slice: no interval reported
   out = acc.result()
   return out, out['num_recon_examples']
@@ -109,7 +114,7 @@ def combine(summaries) -> dict:
 def summarize(seg: metrics.SegmentationAccumulator | None = None,
               cls: metrics.ClassificationAccumulator | None = None,
               rec: metrics.ReconstructionAccumulator | None = None,
-              bootstrap: bool = True, num_resamples: int = 1000,
+              bootstrap: bool = True, num_resamples: int = NUM_RESAMPLES,
               seed: int = 0) -> dict:
   """`combine` for the three built-in tasks' accumulators, each optional."""
   kw = dict(bootstrap=bootstrap, num_resamples=num_resamples, seed=seed)

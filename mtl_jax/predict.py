@@ -46,8 +46,6 @@ from mtl_jax import runtime as runtime_lib
 from mtl_jax import volume_io
 from mtl_jax.data.features import CLASS_NAMES
 
-LUNG_SLICE_FRACTION = 0.005
-
 
 class NoModelError(errors.CheckpointError):
   """The checkpoint folder holds no usable model."""
@@ -196,7 +194,8 @@ class Predictor:
     outside = lungs.add_lesions(result, labels) if labels is not None else None
     voxel_ml = study.voxel_ml
     lung_px = (result.labels > 0).sum(axis=(0, 1))
-    eligible = lung_px >= LUNG_SLICE_FRACTION * study.volume.shape[0] * study.volume.shape[1]
+    eligible = lung_px >= (report.LUNG_SLICE_FRACTION
+                           * study.volume.shape[0] * study.volume.shape[1])
     volumes = result.volumes_ml(voxel_ml)
     involvement = None
     if labels is not None:

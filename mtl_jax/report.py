@@ -54,7 +54,7 @@ from mtl_jax.data.features import SEG_CLASS_NAMES
 from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
 SCHEMA_VERSION = '1.2'
-OOD_THRESHOLD_PERCENTILE = 99
+OOD_THRESHOLD_PERCENTILE = ood_lib.THRESHOLD_PERCENTILE  # one false-alarm rate for both rules
 SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
 SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '
                  'CT-3: 50-<75%, CT-4: >=75%')
@@ -81,7 +81,7 @@ def ood_score(value: float, percentiles) -> dict:
 
   `percentiles` are the 101 percentiles (0th..100th) of per-slice MSE on
   training slices; linear interpolation between them, clamped to 0 and 100.
-  Flagged when the value is above the 99th percentile.
+  Flagged when the value is above the OOD_THRESHOLD_PERCENTILE-th.
   """
   ref = np.maximum.accumulate(np.asarray(percentiles, np.float64))
   if ref.shape != (101,):
@@ -193,9 +193,11 @@ def write_batch_summary(path, input_path, items, reports):
 
 # The study-level class: multiple-instance pooling over slices.
 AGG_FRACTION = 0.10
+LUNG_SLICE_FRACTION = 0.005  # an eligible slice has this much of its area in the lung mask
 AGGREGATION = ('mean of the class-probability vectors of the k eligible slices with '
-               'the highest P(covid19), k = ceil(0.10 x eligible slices) (at least '
-               '1); eligible = slices with >= 0.5% of their area in the lung mask '
+               f'the highest P(covid19), k = ceil({AGG_FRACTION:.2f} x eligible slices) '
+               f'(at least 1); eligible = slices with >= {LUNG_SLICE_FRACTION:.1%} of '
+               'their area in the lung mask '
                '(every slice for 8-bit input or when none has lung); predicted '
                'class = argmax')
 
@@ -272,7 +274,8 @@ def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, 
     if ood['flagged']:
       warnings.append(f'{study.path}: out of distribution: encoder feature distance '
                       f'{ood["feature_distance"]:.1f} to the nearest training source is '
-                      f'above {ood["feature_threshold"]:.1f} (the 99th percentile of '
+                      f'above {ood["feature_threshold"]:.1f} (the '
+                      f'{ood_lib.THRESHOLD_PERCENTILE}th percentile of '
                       'held-out training-like slices); the input may not be a chest CT '
                       'like the training data')
   lesion = None

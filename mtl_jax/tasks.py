@@ -67,7 +67,7 @@ class Task:
     """Pool one host batch of predictions into `acc`."""
     raise NotImplementedError
 
-  def summarize(self, acc, bootstrap: bool = True, num_resamples: int = 1000) -> tuple:
+  def summarize(self, acc, bootstrap: bool = True, num_resamples: int = metrics_summary.NUM_RESAMPLES) -> tuple:
     """(results dict, number of examples scored)."""
     raise NotImplementedError
 
@@ -155,7 +155,7 @@ class SegmentationTask(Task):
       if sweep and normal.any():
         acc.update_normal_sweep(np.asarray(predictions['seg_prob'])[normal])
 
-  def summarize(self, acc, bootstrap=True, num_resamples=1000):
+  def summarize(self, acc, bootstrap=True, num_resamples=metrics_summary.NUM_RESAMPLES):
     return metrics_summary.segmentation_summary(acc, bootstrap, num_resamples)
 
 
@@ -207,7 +207,7 @@ class ReconstructionTask(Task):
   def update(self, acc, predictions, batch):
     acc.update(predictions['recon'], batch['image'], valid=batch['valid'] > 0)
 
-  def summarize(self, acc, bootstrap=True, num_resamples=1000):
+  def summarize(self, acc, bootstrap=True, num_resamples=metrics_summary.NUM_RESAMPLES):
     return metrics_summary.reconstruction_summary(acc, bootstrap, num_resamples)
 
 
@@ -244,7 +244,7 @@ class ClassificationTask(Task):
                sources=batch.get('source'),
                covid_positive=covid_vs_rest(np.asarray(batch['label_set'])))
 
-  def summarize(self, acc, bootstrap=True, num_resamples=1000):
+  def summarize(self, acc, bootstrap=True, num_resamples=metrics_summary.NUM_RESAMPLES):
     return metrics_summary.classification_summary(acc, bootstrap, num_resamples)
 
 

@@ -31,13 +31,14 @@ from mtl_jax.data.readers import BadInputError
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 SIZES = (64, 128, 256)
-COVID, NORMAL, OTHER = 0, 1, 2
+DEFAULT_IMAGE_SIZE = 256  # what build-data stores without --image_size
+COVID, NORMAL, OTHER = (features.CLASS_NAMES.index(n) for n in ('covid19', 'normal', 'other'))
 LUNG_WINDOW_FRACTION = 0.05  # lung_slices_only: >= 5% of pixels in -950..-500 HU
 
 
 @dataclasses.dataclass
 class SizeConfig(tfds.core.BuilderConfig):
-  image_size: int = 256
+  image_size: int = DEFAULT_IMAGE_SIZE
 
 
 def size_configs() -> list:

@@ -2,7 +2,8 @@
 
 A new dataset is one package `tfds_builders/NAME/` whose `__init__` exports
 `Builder` (a TFDS builder with one BuilderConfig per stored image size, named
-by that size) and `DEFAULT_IMAGE_SIZE`; nothing here changes. Reading a built
+by that size), and `DEFAULT_IMAGE_SIZE` where it differs from
+`common.DEFAULT_IMAGE_SIZE`; nothing here changes. Reading a built
 dataset needs none of this (`mtl_jax.data.datasets`).
 """
 
@@ -20,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from mtl_jax.data import datasets, features
 from mtl_jax.errors import DatasetNotFoundError
+from tfds_builders import common
 
 
 def known_datasets() -> tuple:
@@ -42,7 +44,7 @@ def build_dataset(name: str, data_dir: str, image_size: int | None = None,
                   **kwargs) -> str:
   """Build `name` at `image_size` into `data_dir` unless already built."""
   module = _builder_module(name)
-  image_size = image_size or module.DEFAULT_IMAGE_SIZE
+  image_size = image_size or getattr(module, 'DEFAULT_IMAGE_SIZE', common.DEFAULT_IMAGE_SIZE)
   sizes = sorted(int(c.name) for c in module.Builder.BUILDER_CONFIGS)
   if image_size not in sizes:
     raise DatasetNotFoundError(

@@ -40,6 +40,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageChops, UnidentifiedImageError
 
+from mtl_jax.data.features import SEG_CLASS_NAMES
 from mtl_jax.errors import BadInputError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -55,7 +56,7 @@ BROKEN_LINK = 'broken symbolic link (target missing)'
 # almost everywhere. More than this fraction of strongly coloured pixels
 # (channel spread > 32 of 255) means "not a grayscale CT rendering".
 MAX_COLOUR_FRACTION = 0.25
-_SEG_LABELS = (0, 1, 2)
+_SEG_LABELS = tuple(range(len(SEG_CLASS_NAMES)))
 # How a whole file ends (PNG: the empty IEND chunk with its CRC; JPEG: EOI).
 # PIL decodes a file cut inside them, so their presence is checked.
 _END_MARKERS = {'PNG': b'\0\0\0\0IEND\xaeB`\x82', 'JPEG': b'\xff\xd9'}

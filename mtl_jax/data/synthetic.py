@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from mtl_jax.data import features
-from mtl_jax.data.preprocess import window_hu
+from mtl_jax.data.preprocess import LUNG_WINDOW, window_hu
 from mtl_jax.data.synthetic_anatomy import (CONSOLIDATION_RANGE, GGO_RANGE, LUNG_HU,
                                             NOISE_HU, draw_anatomy, smooth_noise,
                                             smooth_region, sample_patient)
@@ -189,7 +189,7 @@ def _patients(rng, num_examples):
 
 
 def generate_split(seed: int, num_examples: int, size: int, split: str,
-                   window=(-1000.0, 400.0)):
+                   window=LUNG_WINDOW):
   """Yield (key, example) in the shared feature spec (`features.make_example`).
 
   Patients have 1-4 slices (shared anatomy, different levels) and ids

@@ -182,8 +182,7 @@ def _not_fold0(args, data: str, workdir: str) -> str:
       'built') or {}
   for name in sorted(set(trained_on) - {FOLDED}):
     here = datasets.builder_dir(name, args.data_dir, size)
-    if (here is None or
-                               datasets.built_record(here) != trained_on[name]):
+    if here is None or datasets.built_record(here) != trained_on[name]:
       return f'trained on another build of {name} than {args.data_dir} holds'
   return ''
 

@@ -74,15 +74,25 @@ def _all_keys(config, prefix=''):
       yield f'{prefix}{key}'
 
 
+_UNPARSED = object()
+
+
+def _literal(text: str):
+  """A Python literal, or _UNPARSED."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return _UNPARSED
+
+
 def _parse_value(text: str, current):
   if isinstance(current, str):
     return text
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
+  value = _literal(text)
+  if value is _UNPARSED:
     if isinstance(current, bool) and text.lower() in ('true', 'false'):
       return text.lower() == 'true'
-    raise ConfigError(f'cannot parse {text!r} as a value like {current!r}') from None
+    raise ConfigError(f'cannot parse {text!r} as a value like {current!r}')
   if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
     value = type(current)(value)  # a saved config holds lists where presets hold tuples
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -97,13 +107,6 @@ def _parse_value(text: str, current):
 # their entries are names, not schema fields, so an override may replace the
 # whole mapping ("{'ct_folder': 1.0}") or add an entry (`sources.ct_folder=1`).
 OPEN_MAPPINGS = ('data.sources', 'loss.weights')
-
-
-def _literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return None
 
 
 def _weight(value, key: str, text: str) -> float:

@@ -67,7 +67,8 @@ class Task:
     """Pool one host batch of predictions into `acc`."""
     raise NotImplementedError
 
-  def summarize(self, acc, bootstrap: bool = True, num_resamples: int = metrics_summary.NUM_RESAMPLES) -> tuple:
+  def summarize(self, acc, bootstrap: bool = True,
+                num_resamples: int = metrics_summary.NUM_RESAMPLES) -> tuple:
     """(results dict, number of examples scored)."""
     raise NotImplementedError
 

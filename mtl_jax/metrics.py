@@ -27,6 +27,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from mtl_jax.data.features import COVID
+
 PSNR_CAP_DB = 100.0
 
 
@@ -284,7 +286,7 @@ class ClassificationAccumulator:
   labels: exact class, or -1 when only a label *set* is known (skipped for
   exact-class metrics). covid_positive (optional, per example): 1 COVID,
   0 not COVID, -1 unknown; where it is -1 or not given, it is derived from an
-  exact label (label 0 = COVID). `auc_covid` uses every example whose
+  exact label (label `features.COVID`). `auc_covid` uses every example whose
   COVID-vs-rest answer is known, so set-labelled examples count there.
   `auc_macro` averages the one-vs-rest AUCs of the classes that have both
   positives and negatives among the exact labels (named in
@@ -306,7 +308,7 @@ class ClassificationAccumulator:
       raise ValueError(f'probs {probs.shape} for {labels.shape[0]} labels and '
                        f'{self.num_classes} classes')
     keep = _valid_mask(valid, labels.shape[0])
-    covid = np.where(labels < 0, -1, (labels == 0).astype(np.int64))
+    covid = np.where(labels < 0, -1, (labels == COVID).astype(np.int64))
     if covid_positive is not None:
       given = np.asarray(covid_positive).reshape(-1).astype(np.int64)
       covid = np.where(given >= 0, given, covid)
@@ -331,10 +333,10 @@ class ClassificationAccumulator:
 
   @property
   def covid_known(self) -> tuple[np.ndarray, np.ndarray]:
-    """(scores = probs[:, 0], positives) over examples whose COVID status is known."""
+    """(scores = probs[:, COVID], positives) over examples whose COVID status is known."""
     covid = _cat(self._covid, (0,), np.int64)
     known = covid >= 0
-    return self.probs[known, 0], covid[known] == 1
+    return self.probs[known, COVID], covid[known] == 1
 
   def result(self) -> dict:
     probs, labels = self.probs, self.labels

@@ -44,7 +44,7 @@ import numpy as np
 from mtl_jax import checkpointing, errors, jsonio, lungs, metrics, parallel, replay, report
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import volume_io
-from mtl_jax.data.features import CLASS_NAMES
+from mtl_jax.data.features import CLASS_NAMES, COVID
 
 
 class NoModelError(errors.CheckpointError):
@@ -216,7 +216,7 @@ class Predictor:
     slices = rep['slices']
     order = sorted(range(len(slices)), key=lambda k: (
         -slices[k]['lesion_pixels'],
-        -((slices[k]['probabilities'] or {}).get(self.class_names[0], 0.0)
+        -((slices[k]['probabilities'] or {}).get(CLASS_NAMES[COVID], 0.0)
           if self.class_names else 0.0)))
     chosen = sorted(order[:report.MAX_PANELS])
     panels = []

@@ -50,7 +50,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mtl_jax import jsonio
 from mtl_jax import ood as ood_lib
-from mtl_jax.data.features import SEG_CLASS_NAMES
+from mtl_jax.data.features import COVID, SEG_CLASS_NAMES
 from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
 SCHEMA_VERSION = '1.2'
@@ -214,7 +214,7 @@ def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
   if idx.size == 0:
     idx = np.arange(len(probs))
   k = max(1, math.ceil(fraction * idx.size))
-  top = idx[np.argsort(-probs[idx, 0], kind='stable')[:k]]
+  top = idx[np.argsort(-probs[idx, COVID], kind='stable')[:k]]
   return probs[top].mean(axis=0), np.sort(top)
 
 

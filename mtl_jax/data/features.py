@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 CLASS_NAMES = ('covid19', 'normal', 'other')
+COVID = CLASS_NAMES.index('covid19')  # the class every COVID-vs-rest score reads
 SEG_CLASS_NAMES = ('background', 'ggo', 'consolidation')
 NON_COVID = (0, 1, 1)  # label_set for "normal or other pathology"
 NORMAL_ONLY = (0, 1, 0)  # label_set of a slice known to be normal: no lesion on it
@@ -23,8 +24,8 @@ NORMAL_ONLY = (0, 1, 0)  # label_set of a slice known to be normal: no lesion on
 
 def covid_vs_rest(label_set):
   """Per example: 1 COVID, 0 not COVID, -1 unknown (a set that holds COVID
-  and something else). Known whenever the set is decided about class 0."""
-  return np.where(label_set[:, 0] == 0, 0, np.where(label_set.sum(-1) == 1, 1, -1))
+  and something else). Known whenever the set is decided about COVID."""
+  return np.where(label_set[:, COVID] == 0, 0, np.where(label_set.sum(-1) == 1, 1, -1))
 
 
 def is_normal(label_set):

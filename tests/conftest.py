@@ -36,6 +36,14 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
     shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items):
+  """Tests that read ../shared/data carry the `shared_data` marker
+  (`pytest -m "not shared_data"` leaves them out)."""
+  for item in items:
+    if 'shared_data' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.shared_data)
+
+
 @pytest.fixture(scope='session')
 def shared_data() -> pathlib.Path:
   """../shared/data, or a skip (a failure when MTL_REQUIRE_SHARED=1, as in CI)."""

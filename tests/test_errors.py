@@ -21,21 +21,21 @@ def test_every_user_facing_error_is_a_user_error():
     assert not issubclass(errors.UserError, builtin)
 
 
-def test_a_bug_shows_its_traceback_and_says_so(monkeypatch, capsys):
+def test_a_bug_shows_its_traceback_and_says_so(monkeypatch, capsys, tmp_path):
   def buggy(args, overrides):
     return {}['x']  # a KeyError from a bug, not from the user
   monkeypatch.setattr(cli, '_run', buggy)
-  assert cli.main(['build-data', 'synthetic_ct']) == 1
+  assert cli.main(['build-data', 'synthetic_ct', '--data_dir', str(tmp_path)]) == 1
   err = capsys.readouterr().err
   assert 'Traceback' in err and "KeyError: 'x'" in err
   assert 'this is a bug in mtl-jax' in err.splitlines()[-1]
 
 
-def test_a_user_error_is_one_line_without_traceback(monkeypatch, capsys):
+def test_a_user_error_is_one_line_without_traceback(monkeypatch, capsys, tmp_path):
   def mistake(args, overrides):
     raise errors.ConfigError('train.global_batch_size=12 is not divisible by the 8 devices')
   monkeypatch.setattr(cli, '_run', mistake)
-  assert cli.main(['build-data', 'synthetic_ct']) == 2
+  assert cli.main(['build-data', 'synthetic_ct', '--data_dir', str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert err.strip() == ('mtl-jax build-data: error: train.global_batch_size=12 is not '
                          'divisible by the 8 devices')

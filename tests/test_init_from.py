@@ -45,11 +45,15 @@ def test_matching_parameters_load_and_the_rest_are_fresh(pretrained, tiny_config
   assert 'classifier, seg_decoder' in message
 
 
-def test_fine_tuning_run_trains_from_them(pretrained, tiny_config, tmp_path):
+def test_fine_tuning_run_trains_from_them(pretrained, tiny_config, tmp_path, caplog):
   tiny_config.init_from = pretrained
   tiny_config.train.num_train_steps = 2
-  _, results = train.train_and_evaluate(tiny_config, str(tmp_path))
-  assert results['dice'] is not None and results['auc_covid'] is not None
+  with caplog.at_level(logging.INFO):
+    state, results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert int(state['step']) == 2
+  message = next(r.getMessage() for r in caplog.records if 'init_from' in r.getMessage())
+  assert 'loaded' in message and 'encoder, recon_decoder' in message
+  assert 0 <= results['dice'] <= 1 and 0 <= results['auc_covid'] <= 1
   # Every evaluation of a binary model records Dice at other lesion thresholds.
   sweep = results['threshold_sweep']
   at = sweep['thresholds'].index(0.5)

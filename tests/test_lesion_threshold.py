@@ -48,8 +48,14 @@ def test_the_sweep_counts_each_threshold_as_the_labels_would(tiny_config):
 
 def test_a_multi_class_model_has_no_sweep(tiny_config):
   tiny_config.model.num_seg_classes = 3
-  acc = tasks.SegmentationTask(tiny_config).accumulator()
-  assert not isinstance(acc, lesion_threshold.ThresholdSweepAccumulator)
+  task = tasks.SegmentationTask(tiny_config)
+  acc = task.accumulator()
+  batch = _batch()
+  labels = batch['mask']  # a perfect prediction, with its probabilities
+  probs = np.eye(3, dtype=np.float32)[labels]
+  task.update(acc, {'seg_labels': labels, 'seg_prob': 1.0 - probs[..., 0]}, batch)
+  result = acc.result()
+  assert result['dice'] == pytest.approx(1.0) and 'threshold_sweep' not in result
 
 
 def _counts_peaking_at(threshold, scale=1000):

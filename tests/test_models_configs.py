@@ -1,6 +1,7 @@
 """Model shapes and heads per ablation; configs, presets and overrides."""
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -96,15 +97,23 @@ def test_paper_size_parameter_count():
   model = models.build_model(config, tasks_lib.make_tasks(config))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 1)))
   count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes['params']))
-  assert 9e6 < count < 12e6  # the README states the exact figure
+  assert count == 10_160_037  # the figure the README states
 
 
 @pytest.mark.parametrize('preset', default.PRESETS + ('seg_only,demo', 'no_recon,tiny'))
 def test_every_preset_loads(preset):
   config = config_loader.load_config(f'{REPO}/configs/default.py:{preset}')
   assert config.preset == preset
-  model = models.build_model(config, tasks_lib.make_tasks(config))
-  assert model.widths
+  tasks = tasks_lib.make_tasks(config)
+  model = models.build_model(config, tasks)
+  size = 2 ** len(config.model.widths)  # the smallest input the preset's U-Net takes
+  images = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  out = jax.eval_shape(model.apply, variables, images)
+  expected = {'seg': 'seg_logits', 'recon': 'recon', 'cls': 'cls_logits'}
+  assert set(tasks) <= set(expected)
+  assert {expected[t] for t in tasks} <= set(out)  # every enabled task has its head
+  assert not {expected[t] for t in set(expected) - set(tasks)} & set(out)
 
 
 @pytest.mark.parametrize('name', ['gpu8.py', 'tpu.py'])
@@ -212,6 +221,13 @@ def test_saved_config_is_never_completed_from_todays_defaults():
   assert 'data.eval_source -> data.eval_sources' in config.legacy_fields
 
 
+def _convolutions_in_ynn_fusions(hlo: str) -> int:
+  """Convolutions inside the computations that compiled HLO hands to YNNPACK."""
+  called = set(re.findall(r'%ynn_fusion[.\d]* = .*?calls=(%[\w.]+)', hlo))
+  return sum(block.count(' convolution(') for block in hlo.split('\n\n')
+             if block.lstrip().split(' ', 1)[0] in called)
+
+
 def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():
   from mtl_jax import train, xla_cpu  # pylint: disable=g-import-not-at-top
   assert xla_cpu.train_compiler_options({}, 'cpu') == xla_cpu.TRAIN_OPTIONS
@@ -232,7 +248,8 @@ def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():
            'has_label': np.ones(8, np.float32), 'valid': np.ones(8, np.float32)}
   train_hlo = trainer.train_step.lower(state, batch).compile().as_text()
   eval_hlo = trainer.predict.lower(train.variables_of(state), batch['image']).compile().as_text()
-  assert ' convolution(' in train_hlo and 'ynn_fusion' in eval_hlo
+  assert ' convolution(' in train_hlo
+  assert _convolutions_in_ynn_fusions(train_hlo) == 0 < _convolutions_in_ynn_fusions(eval_hlo)
 
 
 def test_train_step_compiler_options_do_not_change_what_is_learned(monkeypatch):
@@ -250,16 +267,19 @@ def test_train_step_compiler_options_do_not_change_what_is_learned(monkeypatch):
               'label_set': np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)],
               'has_label': np.ones(8, np.float32), 'valid': np.ones(8, np.float32)}
              for _ in range(3)]
-  runs = []
+  runs, on_ynn = [], []
   for defaults in ('1', '0'):
     monkeypatch.setenv('MTL_XLA_CPU_DEFAULTS', defaults)
     trainer = train.Trainer(config)
     state = trainer.init(jax.random.key(0))
+    hlo = trainer.train_step.lower(state, parallel.global_batch(batches[0], trainer.mesh))
+    on_ynn.append(_convolutions_in_ynn_fusions(hlo.compile().as_text()))
     losses = []
     for batch in batches:
       state, terms = trainer.train_step(state, parallel.global_batch(batch, trainer.mesh))
       losses.append(float(terms['loss']))
     runs.append((losses, jax.device_get(state['params'])))
+  assert on_ynn[0] == 0 < on_ynn[1]  # the two runs did compile differently
   (loss_eigen, params_eigen), (loss_ynn, params_ynn) = runs
   np.testing.assert_allclose(loss_eigen, loss_ynn, rtol=1e-4)
   for a, b in zip(jax.tree.leaves(params_eigen), jax.tree.leaves(params_ynn)):

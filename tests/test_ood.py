@@ -45,7 +45,7 @@ def test_reference_is_json_and_round_trips():
   np.testing.assert_allclose(ood.distances(x, again), ood.distances(x, reference), rtol=1e-5)
 
 
-def test_training_reuses_its_validation_pass_for_the_reference(predictor):
+def test_training_reuses_its_validation_pass_for_the_reference(predictor, monkeypatch):
   """The reference a best checkpoint stores is the same whether its
   validation slices are run again or taken from the evaluation pass just
   made (training takes them from the pass: one fewer sweep per new best)."""
@@ -55,16 +55,26 @@ def test_training_reuses_its_validation_pass_for_the_reference(predictor):
   held_out = {}
   evaluation.evaluate(runtime, predict, variables, 'validation', -1, held_out)
   assert set(held_out) == set(runtime.config.data.eval_sources)
+  passes = []  # (function, split) of every sweep over a split the reference makes
+  for name in ('_run', '_features'):
+    original = getattr(evaluation, name)
+    def counted(rt, *args, _name=name, _original=original, **kw):
+      passes.append((_name, args[2] if _name == '_run' else args[1]))
+      return _original(rt, *args, **kw)
+    monkeypatch.setattr(evaluation, name, counted)
   for kwargs in ({'held_out': held_out}, {}):
+    passes.clear()
     errors = evaluation.reference_recon_errors(runtime, predict, variables, 16, **kwargs)
     features = evaluation.reference_features(runtime, variables, 8, 16, **kwargs)
+    validation_passes = [p for p in passes if p[1] == 'validation']
     if kwargs:
       reused = (errors, features)
+      assert not validation_passes  # taken from the pass, not recomputed
+    else:
+      assert {p[0] for p in validation_passes} == {'_run', '_features'}
   np.testing.assert_allclose(reused[0]['percentiles'], errors['percentiles'], rtol=1e-6)
   assert reused[0]['num_examples'] == errors['num_examples'] == 16
   assert json.dumps(reused[1], sort_keys=True) == json.dumps(features, sort_keys=True)
-  for source in held_out:  # ...and was taken from the pass, not recomputed
-    assert evaluation._held_out_prefix(held_out, source, 'features', 16) is not None  # pylint: disable=protected-access
   # A pass over fewer slices than the reference needs is not reused.
   few = {}
   evaluation.evaluate(runtime, predict, variables, 'validation', 4, few)

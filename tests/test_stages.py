@@ -26,6 +26,8 @@ def _train_interrupted_and_straight(config, tmp_path, name):
   config.eval.bootstrap_resamples = 0
   resumed, straight = str(tmp_path / f'{name}_resumed'), str(tmp_path / f'{name}_straight')
   train.train_and_evaluate(config, resumed, interrupt_at_step=3)
+  # Killed after step 3: only step 2's checkpoint survives, so the resume has work to do.
+  assert checkpointing.select_step(resumed, 'latest') == 2
   state, _ = train.train_and_evaluate(config, resumed)
   assert int(state['step']) == 4
   other, results = train.train_and_evaluate(config, straight)
@@ -179,6 +181,7 @@ def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
   assert stage.train.num_train_steps == 4 and stage.train.pretrain_steps == 0
   assert stage.loss.recon_mask_ratio > 0 and stage.train.best_metric == '-recon_mse'
   train.train_and_evaluate(stage, os.path.join(killed, 'pretrain'), interrupt_at_step=3)
+  assert checkpointing.select_step(os.path.join(killed, 'pretrain'), 'latest') == 2
   resumed, _ = stages.train(config, killed)
   other, _ = stages.train(config, straight)
   _assert_equal_trees(jax.device_get(resumed['params']), jax.device_get(other['params']))

@@ -28,6 +28,10 @@ def test_one_step_end_to_end(tiny_config, tmp_path):
   assert int(state['step']) == 1
   for key in EVAL_KEYS:
     assert key in results
+  for key in ('dice', 'iou', 'accuracy', 'auc_covid', 'auc_macro'):
+    assert 0 <= results[key] <= 1, key  # scored, even after one step
+  assert 0 <= results['recon_mse'] < 1 and results['hd95'] >= 0
+  assert np.sum(results['confusion_matrix']) == results['num_examples']
   assert results['num_examples'] == tiny_config.eval.max_examples
   assert os.path.exists(tmp_path / 'checkpoints' / '1')
   assert os.path.exists(tmp_path / 'best' / '1')
@@ -94,7 +98,8 @@ def test_resumed_data_iterator_yields_the_same_batches(tiny_config):
   dataset = pipeline.train_dataset(tiny_config)
   full = [b for _, b in zip(range(5), pipeline.iterate(dataset, 0, tiny_config))]
   resumed = [b for _, b in zip(range(2), pipeline.iterate(dataset, 3, tiny_config))]
-  for a, b in zip(full[3:], resumed):
+  assert len(full) == 5 and len(resumed) == 2
+  for a, b in zip(full[3:], resumed, strict=True):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
 

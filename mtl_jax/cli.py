@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
       'predict', help='segment, classify and grade a CT study (or a batch)',
       description='Input: NIfTI, DICOM series folder/.dcm, PNG/JPG, or a folder/CSV '
       '(input[,mask]) of them. Writes lesion_mask, report.json and overview.png.')
-  predict.add_argument('--checkpoint', required=True, help='training WORKDIR')
+  predict.add_argument('--checkpoint', required=True, nargs='+', action='extend',
+                       metavar='WORKDIR', help='training WORKDIR; several: an ensemble '
+                       '(e.g. the cross-validation folds), probabilities averaged')
   predict.add_argument('--input', required=True)
   predict.add_argument('--output', required=True, help='output folder (replaced '
                        'atomically; untouched on error)')

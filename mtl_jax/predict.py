@@ -1,6 +1,6 @@
 """`mtl-jax predict`: a trained checkpoint applied to a CT study, for radiologists.
 
-    mtl-jax predict --checkpoint WORKDIR --input PATH --output OUTDIR
+    mtl-jax predict --checkpoint WORKDIR [WORKDIR ...] --input PATH --output OUTDIR
         [--batch_size N] [--tta] [--series UID] [--save_probability]
 
 PATH is a NIfTI volume, a DICOM series (folder or .dcm), a PNG/JPG slice, or
@@ -29,6 +29,13 @@ top-10% mean), and the OOD score is their mean reconstruction MSE as a
 percentile of the distribution stored in the checkpoint; `report.build`
 assembles report.json from these.
 
+Several checkpoints (e.g. the cross-validation folds, as nnU-Net predicts)
+make an ensemble: the same input through each, their lesion and class
+probabilities averaged before the threshold and the aggregation
+(bench/ensemble_folds.py measures what it buys). They must share the
+preprocessing record and the architecture; the out-of-distribution score is
+the first checkpoint's, whose reference it is measured against.
+
 Every output goes to a temporary folder beside OUTDIR and is renamed into
 place at the end: an error leaves OUTDIR exactly as it was.
 """
@@ -51,6 +58,33 @@ class NoModelError(errors.CheckpointError):
   """The checkpoint folder holds no usable model."""
 
 
+class EnsembleMismatchError(errors.CheckpointError):
+  """Checkpoints given together that do not see or build the same thing."""
+
+
+def _as_list(checkpoint) -> list[str]:
+  """One workdir or several (an ensemble), as a list."""
+  if isinstance(checkpoint, (str, os.PathLike)):
+    return [os.fspath(checkpoint)]
+  return [os.fspath(c) for c in checkpoint]
+
+
+def _check_member(first, other, workdir: str):
+  """An ensemble member must replay the first one's preprocessing and build
+  its architecture: averaging outputs of models that saw different inputs,
+  or that predict different things, would be meaningless."""
+  for what, a, b in (
+      ('preprocessing', first.meta['preprocessing'], other.meta['preprocessing']),
+      ('model', first.runtime.config.model.to_dict(), other.runtime.config.model.to_dict()),
+      ('tasks', list(first.runtime.tasks), list(other.runtime.tasks))):
+    if a != b:
+      keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(
+          a, dict) else [f'{a} vs {b}']
+      raise EnsembleMismatchError(
+          f'{workdir}: its {what} differs from the first checkpoint\'s '
+          f'({", ".join(map(str, keys))}); an ensemble needs the same')
+
+
 def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
   if not os.path.isdir(workdir):
     raise NoModelError(f'{workdir}: checkpoint folder not found')
@@ -65,15 +99,27 @@ def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
 
 
 class Predictor:
-  """A restored checkpoint and its jitted, sharded apply; `predict_study` per input."""
+  """Restored checkpoint(s) and their jitted, sharded apply; `predict_study` per input.
+
+  `workdir` is one training workdir or a list of them (an ensemble: the
+  first one's record drives preprocessing, the report and the OOD score).
+  """
 
   def __init__(self, workdir, batch_size: int | None = None, tta: bool = False,
                which: str = 'best'):
-    load_meta(workdir, which)  # a one-line error for a folder without a model
-    loaded = runtime_lib.load(workdir, which)
+    workdirs = _as_list(workdir)
+    for w in workdirs:
+      load_meta(w, which)  # a one-line error for a folder without a model
+    members = [runtime_lib.load(w, which) for w in workdirs]
+    for w, other in zip(workdirs[1:], members[1:]):
+      _check_member(members[0], other, w)
+    loaded = members[0]
     self.runtime, self.variables, self.meta = loaded.runtime, loaded.variables, loaded.meta
+    self.member_variables = [m.variables for m in members[1:]]
+    self.members = [{'workdir': os.path.abspath(w), 'path': os.path.abspath(m.path),
+                     'step': m.step} for w, m in zip(workdirs, members)]
     self.path, self.which, self.step = loaded.path, loaded.which, loaded.step
-    self.workdir, self.tta = os.path.abspath(workdir), bool(tta)
+    self.workdir, self.tta = os.path.abspath(workdirs[0]), bool(tta)
     config = self.runtime.config
     requested = int(batch_size or config.eval.batch_size)
     if requested < 1:
@@ -92,7 +138,17 @@ class Predictor:
     (tests patch this)."""
     batch = parallel.global_batch({'image': images}, self.runtime.mesh)['image']
     out = parallel.to_host(self._apply(self.variables, batch))
-    seg = out.get('seg_class_probs' if self.multi else 'seg_prob')
+    seg_key = 'seg_class_probs' if self.multi else 'seg_prob'
+    if self.member_variables:  # an ensemble: the mean of the members' probabilities
+      for variables in self.member_variables:
+        extra = parallel.to_host(self._apply(variables, batch))
+        for key in (seg_key, 'cls_probs'):
+          if key in out:
+            out[key] = out[key] + extra[key]
+      for key in (seg_key, 'cls_probs'):
+        if key in out:
+          out[key] = out[key] / (1 + len(self.member_variables))
+    seg = out.get(seg_key)
     return {k: v for k, v in (('seg', seg), ('cls_probs', out.get('cls_probs')),
                               ('recon_mse', out.get('recon_mse')),
                               ('features', out.get('features'))) if v is not None}
@@ -169,7 +225,8 @@ class Predictor:
         features=features, ood_features=self.meta.get('ood_features'),
         render_warning=render_warning,
         checkpoint={'workdir': self.workdir, 'path': os.path.abspath(self.path),
-                    'which': self.which, 'step': self.step, 'tasks': list(self.tasks)},
+                    'which': self.which, 'step': self.step, 'tasks': list(self.tasks),
+                    'members': self.members},
         preprocessing={
             'image_size': self.image_size, 'window_hu': list(self.window),
             'model_input_kind': self.replay.model_kind, 'rendering': rendering,
@@ -241,7 +298,8 @@ def run(checkpoint, input_path, output, batch_size=None, tta=False, series=None,
   """The CLI entry: check what is cheap first (model folder, inputs, masks; a
   single input is read before the model is built), predict, then publish."""
   if predictor is None:
-    load_meta(checkpoint, which)  # fail fast on a folder without a model
+    for workdir in _as_list(checkpoint):
+      load_meta(workdir, which)  # fail fast on a folder without a model
   batch, items = volume_io.discover(input_path)
   volume_io.check_masks(items)
   first = None if batch else volume_io.read_study(items[0].input, series)

@@ -1,11 +1,12 @@
 """report.json (a versioned schema) and overview.png of `mtl-jax predict`.
 
-report.json, schema_version 1.2 (keys always present; null when not
+report.json, schema_version 1.3 (keys always present; null when not
 applicable, e.g. lung figures for an 8-bit input, classification for a
 model without a classifier):
 
-  schema_version      "1.2" (1.1: input.axes added; NIfTI spacing_mm in file order;
-                      1.2: ood.rule and the encoder-feature score)
+  schema_version      "1.3" (1.1: input.axes added; NIfTI spacing_mm in file order;
+                      1.2: ood.rule and the encoder-feature score; 1.3:
+                      checkpoint.members)
   tool, created       "mtl-jax predict", ISO-8601 UTC time
   input               path, kind (nifti|dicom|image), sha256 (of the file, or
                       of the chosen series' files in name order), series_uid,
@@ -15,6 +16,9 @@ model without a classifier):
                       (axis codes), affine, spacing_mm, intensity (hu|8bit),
                       num_slices
   checkpoint          workdir, path (the checkpoint step folder), which, step, tasks
+                      (of the first checkpoint), members [{workdir, path, step}]
+                      (every checkpoint whose probabilities were averaged; one
+                      for a single model)
   preprocessing       image_size, window_hu, model_input_kind (hu|8bit),
                       rendering (how this input became model input), resize,
                       slice_order, tta, batch_size, notes
@@ -53,7 +57,7 @@ from mtl_jax import ood as ood_lib
 from mtl_jax.data.features import COVID, SEG_CLASS_NAMES
 from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
-SCHEMA_VERSION = '1.2'
+SCHEMA_VERSION = '1.3'
 OOD_THRESHOLD_PERCENTILE = ood_lib.THRESHOLD_PERCENTILE  # one false-alarm rate for both rules
 SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
 SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '

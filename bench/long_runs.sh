@@ -30,5 +30,6 @@ sweep $LC --arms full,cls_only
 .venv/bin/python bench/cross_validate.py --root runs/cv --config configs/real.py:cpu --keep_results bench/plans/cv
 sweep $LC --arms seg_only
 Q="--plan configs/quality.py --root runs/quality --reuse_from bench/plans/quality --keep_results bench/plans/quality"
+sweep $Q --arms seg_heavy
 sweep $Q --arms normal_weak
 sweep $Q --arms finetune_256,finetune_128 --baseline finetune_128

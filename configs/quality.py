@@ -42,6 +42,8 @@ little data"):
   lesion-free (`loss.normal_no_lesion_weight`); no data to prepare.
 - `normal_weak`: the recipe with that term at 0.25 instead of 1.0; compare
   it with `--baseline together`.
+- `seg_heavy`: the recipe with the segmentation loss weighted 2 (cls and
+  recon 1); compare it with `--baseline together`.
 
 - `together`: the kept ingredients in one run, i.e. real.py:cpu (~88 min).
 
@@ -90,6 +92,10 @@ ARMS = (
     # MedSeg) and learning normal slices as lesion-free cost Dice: the same
     # recipe with that term at a quarter of its weight.
     ('normal_weak', 'cpu', (('loss.normal_no_lesion_weight', 0.25),)),
+    # The length check (configs/ablation.py) finds segmentation trained alone
+    # 0.05 Dice ahead of the three tasks at 3000 steps: the same recipe with
+    # the segmentation loss at twice the weight of the other two.
+    ('seg_heavy', 'cpu', (('loss.weights.seg', 2.0),)),
 )
 
 

@@ -19,6 +19,14 @@ input is scored by three rules:
 False alarms on the validation slices are measured two-fold for by_source
 and features: each half is scored with a threshold (and, for by_source,
 statistics) set on the other half.
+
+A fixed window change is wrong for some sources and harmless for others
+(each source's 8-bit rendering used its own window), so for the CT inputs
+with a changed window the model's own output is the referee as well: an
+input "breaks" the model when its predicted class differs from the
+unaltered slice's or its COVID-19 probability moves by more than
+BREAK_DELTA. The table after the first gives, per window change, how many
+inputs break the model and how many of those, and of the others, are flagged.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mtl_jax import evaluation, ood, predict  # noqa: E402
-from mtl_jax.data import datasets  # noqa: E402
+from mtl_jax.data import datasets, features  # noqa: E402
 
 
 def _save(path, image01):
@@ -75,12 +83,25 @@ def non_ct_images(ct_examples, rng) -> dict:
           'CT, narrow window': narrow, 'CT, inverted': inverted}
 
 
+BREAK_DELTA = 0.2  # COVID-19 probability change that counts as a changed answer
+ALTERED_CT = ('CT, narrow window', 'CT, inverted')
+
+
 def predict_values(checkpoint, folder, predictor) -> tuple:
-  """(reconstruction errors, pooled-rule flags, feature distances) of a folder's inputs."""
+  """(reconstruction errors, pooled-rule flags, feature distances, classifications)
+  of a folder's inputs, in file-name order."""
   reports = predict.run(checkpoint, folder, folder + '_out', predictor=predictor)
+  reports = sorted(reports, key=lambda r: r['input']['path'])
   oods = [r['ood'] for r in reports]
   return ([o['value'] for o in oods], [o['value'] > o['threshold_value'] for o in oods],
-          [o['feature_distance'] for o in oods])
+          [o['feature_distance'] for o in oods], [r['classification'] for r in reports])
+
+
+def breaks(original: dict, altered: dict) -> bool:
+  """Does the altered input change the model's answer (class, or COVID-19 probability)?"""
+  covid = lambda c: c['probabilities'][c['class_names'][features.COVID]]
+  return (original['predicted_class'] != altered['predicted_class']
+          or abs(covid(original) - covid(altered)) > BREAK_DELTA)
 
 
 def main(argv=None):
@@ -98,7 +119,7 @@ def main(argv=None):
     predictor.meta['ood_features'] = evaluation.reference_features(predictor.runtime,
                                                                    predictor.variables)
   rng = np.random.default_rng(0)
-  values, pooled_flags, feature = {}, {}, {}
+  values, pooled_flags, feature, answers = {}, {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     ct_examples = []
     for source in config.data.eval_sources:
@@ -109,14 +130,17 @@ def main(argv=None):
         _save(f'{tmp}/{source}/{i:05d}.png', image)
         if source in ('mosmed', 'covid19_ct_seg') and i % 50 == 0:
           ct_examples.append(image)
-      values[source], pooled_flags[source], feature[source] = predict_values(
+      values[source], pooled_flags[source], feature[source], _ = predict_values(
           args.checkpoint, f'{tmp}/{source}', predictor)
+    for i, image in enumerate(ct_examples):
+      _save(f'{tmp}/ct_unaltered/{i:03d}.png', image)
+    answers['CT'] = predict_values(args.checkpoint, f'{tmp}/ct_unaltered', predictor)[3]
     kinds = non_ct_images(ct_examples, rng)
     for kind, images in kinds.items():
       folder = f'{tmp}/non_ct_{kind.replace(" ", "_").replace(",", "")}'
       for i, image in enumerate(images):
         _save(f'{folder}/{i:03d}.png', image)
-      values[kind], pooled_flags[kind], feature[kind] = predict_values(
+      values[kind], pooled_flags[kind], feature[kind], answers[kind] = predict_values(
           args.checkpoint, folder, predictor)
   sources = list(config.data.eval_sources)
   logs = {s: np.log(np.asarray(values[s])) for s in sources}
@@ -150,10 +174,20 @@ def main(argv=None):
   print('|---|---|---|---|---|')
   for name, n, pooled, by_source, features in rows:
     print(f'| {name} | {n} | {pooled:.1%} | {by_source:.1%} | {features:.1%} |')
+  print('\n| window change | inputs | the model\'s answer breaks | flagged when it breaks |'
+        ' flagged when it holds |\n|---|---|---|---|---|')
+  altered = {}
+  for kind in ALTERED_CT:
+    broke = np.array([breaks(o, a) for o, a in zip(answers['CT'], answers[kind])])
+    flagged = dist[kind] > limit
+    altered[kind] = {'broke': broke.tolist(), 'flagged': flagged.tolist()}
+    held = lambda mask: f'{int(flagged[mask].sum())} of {int(mask.sum())}'
+    print(f'| {kind} | {len(broke)} | {int(broke.sum())} | {held(broke)} | {held(~broke)} |')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump({'k': args.k, 'rows': rows, 'values': values, 'feature_distances': feature,
-                 'log_stats': {s: list(v) for s, v in full.items()}}, f, indent=1)
+                 'log_stats': {s: list(v) for s, v in full.items()},
+                 'altered_ct': altered}, f, indent=1)
 
 
 if __name__ == '__main__':

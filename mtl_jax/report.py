@@ -174,8 +174,8 @@ def summary_line(name: str, rep: dict) -> str:
   if sev['involvement_percent'] is not None:
     parts.append(f'involvement {sev["involvement_percent"]:.1f}% {sev["grade"]}')
   if ood and ood.get('feature_distance') is not None:
-    parts.append(f'OOD distance {ood["feature_distance"]:.1f} of '
-                 f'{ood["feature_threshold"]:.1f}' + (' FLAGGED' if ood['flagged'] else ''))
+    parts.append(f'OOD distance {ood["feature_distance"]:.2f} of '
+                 f'{ood["feature_threshold"]:.2f}' + (' FLAGGED' if ood['flagged'] else ''))
   elif ood and ood.get('percentile') is not None:
     parts.append(f'OOD percentile {ood["percentile"]:.0f}' +
                  (' FLAGGED' if ood['flagged'] else ''))
@@ -277,8 +277,8 @@ def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, 
         features[eligible] if eligible.any() else features, ood_features))
     if ood['flagged']:
       warnings.append(f'{study.path}: out of distribution: encoder feature distance '
-                      f'{ood["feature_distance"]:.1f} to the nearest training source is '
-                      f'above {ood["feature_threshold"]:.1f} (the '
+                      f'{ood["feature_distance"]:.2f} to the nearest training source is '
+                      f'above {ood["feature_threshold"]:.2f} (the '
                       f'{ood_lib.THRESHOLD_PERCENTILE}th percentile of '
                       'held-out training-like slices); the input may not be a chest CT '
                       'like the training data')

@@ -79,3 +79,40 @@ def test_training_reuses_its_validation_pass_for_the_reference(predictor, monkey
   few = {}
   evaluation.evaluate(runtime, predict, variables, 'validation', 4, few)
   assert evaluation._held_out_prefix(few, 'synthetic_ct', 'features', 16) is None  # pylint: disable=protected-access
+
+
+def test_a_wide_source_is_not_flagged_for_its_spread():
+  """One threshold for all sources flags a source whose slices spread wider
+  and are few among the held-out slices (MedSeg: 10 of ~900); each source's
+  distances relative to its own median held-out distance do not, and inputs
+  off every source stay flagged."""
+  rng = np.random.default_rng(0)
+  def make(r, n, centre, spread):
+    return centre + spread * (r.normal(size=(n, 4)) @ BASIS + 0.1 * r.normal(size=(n, 40)))
+  sources = lambda r, n, n_wide: {'tight': make(r, n, np.zeros(40), 1.0),
+                                  'wide': make(r, n_wide, np.full(40, 8.0), 2.0)}
+  train, held = sources(rng, 300, 300), sources(np.random.default_rng(1), 400, 20)
+  fresh = sources(np.random.default_rng(2), 400, 400)
+  reference = ood.calibrate(ood.fit(train, num_components=8), held)
+  scales = reference['source_scales']
+  assert scales[1] > 1.5 * scales[0]  # 'wide' spreads about twice as far
+  plain = dict(reference, source_scales=None)
+  plain['threshold'] = float(np.percentile(
+      np.concatenate([ood.distances(f, plain) for f in held.values()]), ood.THRESHOLD_PERCENTILE))
+  alarms = lambda ref, x: float(np.mean(ood.distances(x, ref) > ref['threshold']))
+  assert alarms(plain, fresh['wide']) > 0.02  # one threshold: the wide source pays
+  assert alarms(reference, fresh['wide']) < 0.02
+  assert alarms(reference, fresh['tight']) < 0.02
+  off = train['tight'][:50] + 3.0 * np.linalg.svd(BASIS)[2][-1]
+  assert alarms(reference, off) == 1.0
+
+
+def test_a_reference_without_scales_scores_plain_distances():
+  """Checkpoints saved before `source_scales` keep the rule they were calibrated with."""
+  rng = np.random.default_rng(0)
+  train, _ = _clusters(rng, 100)
+  reference = ood.fit(train, num_components=8)
+  x = train['a'][:7]
+  np.testing.assert_allclose(ood.distances(x, reference),
+                             ood.source_distances(x, reference).min(-1))
+  assert 'source_scales' not in reference

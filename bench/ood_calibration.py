@@ -44,7 +44,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mtl_jax import evaluation, ood, predict  # noqa: E402
-from mtl_jax.data import datasets, features  # noqa: E402
+from mtl_jax.data import datasets  # noqa: E402
+from mtl_jax.data.features import COVID  # noqa: E402
 
 
 def _save(path, image01):
@@ -99,7 +100,7 @@ def predict_values(checkpoint, folder, predictor) -> tuple:
 
 def breaks(original: dict, altered: dict) -> bool:
   """Does the altered input change the model's answer (class, or COVID-19 probability)?"""
-  covid = lambda c: c['probabilities'][c['class_names'][features.COVID]]
+  covid = lambda c: c['probabilities'][c['class_names'][COVID]]
   return (original['predicted_class'] != altered['predicted_class']
           or abs(covid(original) - covid(altered)) > BREAK_DELTA)
 

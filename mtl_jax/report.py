@@ -36,9 +36,10 @@ model without a classifier):
                       error'); feature_distance, feature_threshold (checkpoints
                       with an `ood_features` reference, mtl_jax/ood.py: the rule
                       then; in units of each source's median held-out distance
-                      when the reference has source_scales); metric, value, percentile, threshold_percentile
-                      (99), reference {sources, split, num_examples} (the
-                      reconstruction error, reported in any case)
+                      when the reference has source_scales); metric, value,
+                      percentile, threshold_percentile (99), reference
+                      {sources, split, num_examples} (the reconstruction
+                      error, reported in any case)
   reference_mask      (batch mode with a mask column) path, dice, volume_ml
   outputs             file names in the output folder
   warnings            list of one-line warnings (also printed on stderr)

@@ -1,8 +1,8 @@
 """The `mtl-jax` command line: train, evaluate, demo, build-data, predict, pseudo-label.
 
 A thin layer (flax-examples style): parse arguments, load the config, call
-`stages.train` (`train.train_and_evaluate`, after a pre-training stage if
-the config has one) or friends. A user mistake (`errors.UserError`:
+`train.train_in_stages` (`train.train_and_evaluate`, after a pre-training
+stage if the config has one) or friends. A user mistake (`errors.UserError`:
 bad config, missing dataset, incompatible checkpoint, bad input file) ends
 with one line on stderr and exit status 2; `--debug` shows its traceback.
 Any other exception is a bug in mtl-jax: its traceback is printed, then a
@@ -163,7 +163,7 @@ def _run(args, overrides) -> int:
   if args.command == 'plan':  # before anything imports jax: it may simulate devices
     return _plan(args, overrides)
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
-  from mtl_jax import config_loader, demo, evaluation, metrics_summary, stages  # pylint: disable=g-import-not-at-top
+  from mtl_jax import config_loader, demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
   if overrides and args.command in ('predict', 'build-data', 'pseudo-label'):
     raise UserError(f'{args.command} takes no --config.KEY=VALUE overrides (got '
@@ -173,7 +173,7 @@ def _run(args, overrides) -> int:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   if args.command == 'train':
     config = config_loader.load_config(args.config, overrides)
-    stages.train(config, args.workdir)
+    train.train_in_stages(config, args.workdir)
   elif args.command == 'evaluate':
     results = evaluation.evaluate_workdir(args.workdir, args.split, args.checkpoint,
                                           overrides, args.tta)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from mtl_jax import config_loader, evaluation, metrics_summary, stages
+from mtl_jax import config_loader, evaluation, metrics_summary, train
 
 def run_demo(workdir: str, config_spec: str = 'configs/default.py:demo',
              overrides: list[str] | None = None) -> dict:
@@ -15,7 +15,7 @@ def run_demo(workdir: str, config_spec: str = 'configs/default.py:demo',
   config = config_loader.load_config(config_spec, overrides)
   for name in config.data.sources:
     registry.build_dataset(name, config.data.data_dir, config.data.image_size)
-  stages.train(config, workdir)
+  train.train_in_stages(config, workdir)
   results = {split: evaluation.evaluate_workdir(workdir, split)
              for split in ('validation', 'test')}
   minutes = (time.time() - start) / 60

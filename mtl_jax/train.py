@@ -1,4 +1,5 @@
-"""Training: `train_and_evaluate(config, workdir)`.
+"""Training: `train_and_evaluate(config, workdir)`, and `train_in_stages` for a
+run with a pre-training stage.
 
 One jitted step, data-parallel over a `data` mesh axis: parameters
 replicated, the batch sharded, the state donated. The train state is a plain
@@ -24,7 +25,7 @@ import optax
 from mtl_jax import checkpointing, config_loader, errors, evaluation, history, jsonio, parallel
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import tasks as tasks_lib
-from mtl_jax import writers, xla_cpu
+from mtl_jax import stages, writers, xla_cpu
 from mtl_jax.data import pipeline
 
 
@@ -183,7 +184,7 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   `interrupt_at_step` stops abruptly (no final save) after that step; tests
   use it to stand in for a killed process. `init_from` (default:
   `config.init_from`) is the run a fresh start takes its weights from; the
-  staged runner (`stages.train`) passes its own pre-training stage.
+  staged runner (`train_in_stages`) passes its own pre-training stage.
   """
   trainer = Trainer(config)
   built = pipeline.check_built(config)  # a mistake leaves no workdir behind
@@ -196,6 +197,55 @@ def train_and_evaluate(config, workdir: str, interrupt_at_step: int | None = Non
   finally:
     if lock is not None:
       lock.close()
+
+
+def train_in_stages(config, workdir: str, interrupt_at_step: int | None = None):
+  """`train_and_evaluate`, after the pre-training stage if the config has one
+  (`train.pretrain_steps > 0`; the stage's config: `stages.pretrain_config`).
+
+  The stage trains in WORKDIR/pretrain and resumes on its own; a finished
+  stage is not trained again. `interrupt_at_step` applies to the three-task
+  stage (tests).
+  """
+  init_from = config.init_from
+  steps = config.train.pretrain_steps
+  if steps < 0:
+    raise errors.ConfigError(f'train.pretrain_steps={steps}: give 0 (no pre-training '
+                             'stage) or a number of steps')
+  if steps:
+    if init_from:
+      raise errors.ConfigError(
+          f'init_from={init_from} and train.pretrain_steps={steps} both give the run its '
+          'starting weights; set train.pretrain_steps=0 to start from init_from')
+    init_from = os.path.join(workdir, stages.PRETRAIN_DIR)
+    done = checkpointing.select_step(init_from, 'latest')
+    if done is not None and done >= steps:
+      _check_same_stage(config, init_from)
+      logging.info('pre-training stage finished in %s (step %d): not trained again',
+                   init_from, done)
+    else:
+      logging.info('pre-training stage (%d steps) in %s, then the three tasks', steps,
+                   init_from)
+      train_and_evaluate(stages.pretrain_config(config), init_from)
+  return train_and_evaluate(config, workdir, interrupt_at_step, init_from=init_from)
+
+
+def _check_same_stage(config, stage_dir: str):
+  """A finished stage is reused only if this config derives the same one: a
+  run restarted with other settings must not fine-tune from a stale stage."""
+  path = os.path.join(stage_dir, 'config.json')
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.CheckpointError(f'{path}: the finished pre-training stage has no '
+                                 f'readable config ({e}); use a new --workdir') from None
+  expected = json.loads(config_loader.to_json(stages.pretrain_config(config)))
+  differ = config_loader.differences(saved, expected, ignored=('preset',))
+  if differ:
+    raise errors.CheckpointError(
+        f'{stage_dir} holds a pre-training stage of other settings ({", ".join(differ)}); '
+        'use a new --workdir, or the settings it was trained with')
 
 
 def _run(config, workdir, trainer, built, interrupt_at_step, init_from):

@@ -182,8 +182,8 @@ def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
   assert stage.loss.recon_mask_ratio > 0 and stage.train.best_metric == '-recon_mse'
   train.train_and_evaluate(stage, os.path.join(killed, 'pretrain'), interrupt_at_step=3)
   assert checkpointing.select_step(os.path.join(killed, 'pretrain'), 'latest') == 2
-  resumed, _ = stages.train(config, killed)
-  other, _ = stages.train(config, straight)
+  resumed, _ = train.train_in_stages(config, killed)
+  other, _ = train.train_in_stages(config, straight)
   _assert_equal_trees(jax.device_get(resumed['params']), jax.device_get(other['params']))
   for workdir in (killed, straight):
     assert checkpointing.select_step(os.path.join(workdir, 'pretrain'), 'latest') == 4
@@ -194,9 +194,9 @@ def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
   # Restarted once the stage has finished: it is not trained again.
   again = str(tmp_path / 'again')
   shutil.copytree(os.path.join(straight, 'pretrain'), os.path.join(again, 'pretrain'))
-  stages.train(config, again, interrupt_at_step=1)
+  train.train_in_stages(config, again, interrupt_at_step=1)
   with caplog.at_level(logging.INFO):
-    state, _ = stages.train(config, again)
+    state, _ = train.train_in_stages(config, again)
   assert 'not trained again' in caplog.text and int(state['step']) == 2
   _assert_equal_trees(jax.device_get(state['params']), jax.device_get(other['params']))
 
@@ -206,11 +206,11 @@ def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
   shutil.copytree(os.path.join(straight, 'pretrain'), os.path.join(again, 'pretrain'))
   with pytest.raises(errors.CheckpointError, match='pre-training stage of other settings'
                      r'.*data\.rotate_deg'):
-    stages.train(other_data, again)
+    train.train_in_stages(other_data, again)
   both = config.copy_and_resolve_references()
   both.init_from = straight
   with pytest.raises(errors.ConfigError, match='both give the run its starting weights'):
-    stages.train(both, str(tmp_path / 'both'))
+    train.train_in_stages(both, str(tmp_path / 'both'))
 
 
 # --- progressive resizing ------------------------------------------------------------

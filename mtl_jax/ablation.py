@@ -31,6 +31,7 @@ PLAN_FILE = 'plan.json'
 
 @dataclasses.dataclass(frozen=True)
 class Run:
+  """One training run of a plan: an arm (a set of overrides) at one seed."""
   arm: str
   seed: int
   workdir: str

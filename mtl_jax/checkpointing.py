@@ -71,6 +71,7 @@ DISCARD_PREFIX = '.discard-'
 
 
 def is_complete(step_dir: str) -> bool:
+  """Whether a step folder was finished: a kill mid-save leaves it without them."""
   return all(os.path.exists(os.path.join(step_dir, m)) for m in COMPLETE_MARKERS)
 
 
@@ -184,6 +185,7 @@ class Checkpointer:
     self._manager(which).reload()
 
   def save_latest(self, step: int, state, meta: dict):
+    """Save `state` as the latest step (waits for the write), keep the last `keep`."""
     self.latest.save(step, args=_save_args(state, meta), force=True)
     self.latest.wait_until_finished()
     self._discard('latest', self._steps('latest')[:-self.keep])
@@ -315,6 +317,7 @@ def select_step(workdir: str, which: str) -> int | None:
 
 
 def read_json(path: str) -> dict:
+  """A JSON file's contents (an unreadable file raises: callers say which)."""
   with open(path) as f:
     return json.load(f)
 

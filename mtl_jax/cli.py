@@ -134,6 +134,7 @@ def _add_distributed_flags(parser):
 
 
 def main(argv: list[str] | None = None) -> int:
+  """The `mtl-jax` entry point: the exit status (0 done, 2 a user mistake)."""
   argv = sys.argv[1:] if argv is None else argv
   overrides = [a for a in argv if a.startswith('--config.')]
   args = _parser().parse_args([a for a in argv if not a.startswith('--config.')])

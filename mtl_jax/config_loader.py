@@ -158,6 +158,7 @@ def apply_overrides(config, overrides: list[str]):
 
 
 def to_json(config) -> str:
+  """The config as the JSON a workdir records (sorted keys, tuples as lists)."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 

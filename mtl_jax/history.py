@@ -13,6 +13,8 @@ import json
 import os
 import re
 
+from mtl_jax import logs
+
 FILE = 'validation_history.jsonl'
 _LOG_LINE = re.compile(r'\[(\d+)\] (validation/\S+=.*)$')
 
@@ -30,7 +32,7 @@ def read(workdir: str) -> dict:
   """{step: {metric: value}} for every evaluation the run made, oldest first."""
   path = os.path.join(workdir, FILE)
   rows = _read_jsonl(path) if os.path.exists(path) else _read_log(
-      os.path.join(workdir, 'mtl-jax.log'))
+      os.path.join(workdir, logs.LOG_FILE))
   return dict(sorted(rows.items()))
 
 

@@ -46,10 +46,13 @@ METHOD = ('HU threshold -320 inside the body, border air excluded, trachea/main 
 
 @dataclasses.dataclass
 class Lungs:
+  """The lung mask of a volume, right and left apart, and what the
+  segmentation had to work around (`notes`, shown in the report)."""
   labels: np.ndarray  # uint8, same shape as the volume: 0, RIGHT (1), LEFT (2)
   notes: list
 
   def volumes_ml(self, voxel_ml: float) -> dict:
+    """Right, left and total lung volume in mL, for voxels of `voxel_ml` mL."""
     counts = np.bincount(self.labels.ravel(), minlength=3)
     return {'right': float(counts[RIGHT] * voxel_ml),
             'left': float(counts[LEFT] * voxel_ml),

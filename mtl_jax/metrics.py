@@ -57,6 +57,7 @@ def binary_counts(pred, target, *, label: int | None = None) -> tuple[int, int, 
 
 
 def dice_from_counts(tp, fp, fn) -> float:
+  """Dice from pixel counts; 1 when neither mask has a pixel (nothing to find, none found)."""
   denom = 2 * tp + fp + fn
   return 1.0 if denom == 0 else 2.0 * tp / denom
 

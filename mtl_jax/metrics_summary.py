@@ -84,6 +84,7 @@ def segmentation_summary(acc: metrics.SegmentationAccumulator, bootstrap: bool =
 
 def classification_summary(acc: metrics.ClassificationAccumulator, bootstrap: bool = True,
                            num_resamples: int = NUM_RESAMPLES, seed: int = 0) -> tuple[dict, int]:
+  """(reconstruction metrics, examples); same signature as the other tasks' summaries."""
   """(results, examples counted). With bootstrap: `auc_covid_ci95`, when computable."""
   out = acc.result()
   if bootstrap and not math.isnan(out['auc_covid']):

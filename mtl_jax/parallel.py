@@ -28,10 +28,12 @@ def create_mesh(devices=None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A copy on every device of the mesh (parameters, optimiser state)."""
   return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Split along the leading (batch) axis over the `data` axis."""
   return NamedSharding(mesh, P(DATA_AXIS))
 
 

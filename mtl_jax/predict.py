@@ -86,6 +86,7 @@ def _check_member(first, other, workdir: str):
 
 
 def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
+  """(checkpoint record, its path) of `which` checkpoint; NoModelError if none."""
   if not os.path.isdir(workdir):
     raise NoModelError(f'{workdir}: checkpoint folder not found')
   try:

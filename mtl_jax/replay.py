@@ -44,8 +44,7 @@ class InputReplay:
 
   def model_input(self, image01: np.ndarray) -> tuple:
     """(model input, lung box or None): square pad, resize, lung crop if trained so."""
-    padded = preprocess.square_pad(image01)
-    image = np.clip(preprocess.resize_image(padded, self.image_size), 0.0, 1.0)
+    image = preprocess.square_image(image01, self.image_size)
     box = preprocess.lung_box(image) if self.lung_crop else None
     if box is not None:
       image = np.clip(preprocess.crop_to_box(image, box, self.image_size), 0.0, 1.0)

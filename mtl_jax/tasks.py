@@ -61,6 +61,7 @@ class Task:
     return images
 
   def accumulator(self):
+    """A fresh host-side accumulator of this task's evaluation statistics."""
     raise NotImplementedError
 
   def update(self, acc, predictions, batch):
@@ -260,6 +261,7 @@ def enabled_tasks(config) -> tuple:
 
 
 def make_tasks(config) -> dict:
+  """Task name -> Task for every task the config trains (`enabled_tasks`)."""
   return {name: TASK_CLASSES[name](config) for name in enabled_tasks(config)}
 
 

@@ -122,6 +122,7 @@ class Trainer:
 
 
 def count_params(params) -> int:
+  """The number of scalars in a parameter tree."""
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 

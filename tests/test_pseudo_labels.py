@@ -44,8 +44,7 @@ def test_augmentation_moves_the_soft_mask_with_the_image():
              'soft_mask': np.zeros((32, 32), np.float32)}
   example['image'][4:10, 2:8] = 1.0
   example['soft_mask'][4:10, 2:8] = 0.8
-  out = augment.Augmenter(flip_prob=1.0, rotate_deg=10.0, intensity_shift=0.0,
-                          contrast_range=(1.0, 1.0))(example, np.random.default_rng(0))
+  out = augment.Augmenter(flip_prob=1.0, rotate_deg=10.0, scale_range=(0.9, 1.1))(example, np.random.default_rng(0))
   assert np.corrcoef(out['image'].ravel(), out['soft_mask'].ravel())[0, 1] > 0.99
   assert out['soft_mask'].max() <= 0.8 + 1e-6
 

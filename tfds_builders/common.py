@@ -32,7 +32,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 SIZES = (64, 128, 256)
 DEFAULT_IMAGE_SIZE = 256  # what build-data stores without --image_size
-COVID, NORMAL, OTHER = (features.CLASS_NAMES.index(n) for n in ('covid19', 'normal', 'other'))
+COVID, NORMAL, OTHER = features.COVID, features.NORMAL, features.OTHER
 LUNG_WINDOW_FRACTION = 0.05  # lung_slices_only: >= 5% of pixels in -950..-500 HU
 
 
@@ -352,15 +352,13 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
     size = self.builder_config.image_size
     for unit, k in items:
       loaded = self._load(unit)
-      image = preprocess.square_pad(loaded.images[k])
-      side = image.shape[0]
-      image = np.clip(preprocess.resize_image(image, size), 0.0, 1.0)
+      side = max(loaded.images[k].shape)
+      image = preprocess.square_image(loaded.images[k], size)
       mask = soft = None
       if loaded.masks is not None:
         mask = preprocess.resize_mask(preprocess.square_pad(loaded.masks[k]), size)
       if loaded.soft is not None:  # a pseudo label: probabilities, resized bilinearly
-        soft = np.clip(preprocess.resize_image(preprocess.square_pad(loaded.soft[k]),
-                                               size), 0.0, 1.0)
+        soft = preprocess.square_image(loaded.soft[k], size)
       spacing = None if loaded.spacing is None else loaded.spacing * side / size
       yield f'{unit.key}#{k}', features.make_example(
           image, mask, unit.label, unit.label_set, patient_id=unit.patient_id,

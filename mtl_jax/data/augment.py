@@ -17,17 +17,21 @@ from scipy import ndimage
 
 @dataclasses.dataclass(frozen=True)
 class Augmenter:
-  flip_prob: float = 0.5
-  rotate_deg: float = 10.0
-  scale_range: tuple = (0.9, 1.1)
-  intensity_shift: float = 0.05
-  contrast_range: tuple = (0.9, 1.1)
+  """Random geometry and intensity changes of one example (call it with the
+  example and its generator). Each field defaults to "off": the training
+  values live in the config (`config.data`, `from_config`), in one place."""
+  flip_prob: float = 0.0
+  rotate_deg: float = 0.0
+  scale_range: tuple = (1.0, 1.0)
+  intensity_shift: float = 0.0
+  contrast_range: tuple = (1.0, 1.0)
   elastic_prob: float = 0.0
   elastic_alpha: float = 8.0
   elastic_sigma: float = 6.0
 
   @classmethod
   def from_config(cls, data_config) -> 'Augmenter':
+    """The augmenter `config.data` describes (its keys named like the fields)."""
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{key: tuple(value) if isinstance(value, (list, tuple)) else value
                   for key, value in data_config.items() if key in fields})

@@ -17,6 +17,8 @@ import tensorflow_datasets as tfds
 
 CLASS_NAMES = ('covid19', 'normal', 'other')
 COVID = CLASS_NAMES.index('covid19')  # the class every COVID-vs-rest score reads
+NORMAL = CLASS_NAMES.index('normal')
+OTHER = CLASS_NAMES.index('other')  # another pathology (pneumonia, cancer, ...)
 SEG_CLASS_NAMES = ('background', 'ggo', 'consolidation')
 NON_COVID = (0, 1, 1)  # label_set for "normal or other pathology"
 NORMAL_ONLY = (0, 1, 0)  # label_set of a slice known to be normal: no lesion on it
@@ -35,6 +37,7 @@ _UINT16_MAX = 65535.0
 
 
 def features_dict(image_size: int) -> tfds.features.FeaturesDict:
+  """The TFDS features every builder stores, at `image_size` x `image_size`."""
   s = (image_size, image_size)
   return tfds.features.FeaturesDict({
       # Preprocessed image in [0, 1], quantised to uint16 and zlib-compressed.
@@ -54,10 +57,12 @@ def features_dict(image_size: int) -> tfds.features.FeaturesDict:
 
 
 def encode_image(image01: np.ndarray) -> np.ndarray:
+  """A [0, 1] image as stored: uint16 (finer than the 8-bit sources, half of f32)."""
   return np.round(np.clip(image01, 0.0, 1.0) * _UINT16_MAX).astype(np.uint16)
 
 
 def decode_image(stored: np.ndarray) -> np.ndarray:
+  """The stored uint16 image back as float32 in [0, 1]."""
   return stored.astype(np.float32) / _UINT16_MAX
 
 

@@ -89,6 +89,7 @@ def stats_from_moments(count, total, squares) -> tuple:
 
 
 def foreground_stats(images) -> tuple:
+  """(mean, std) over the foreground pixels of one image or a stack."""
   return stats_from_moments(*foreground_moments(images))
 
 
@@ -134,6 +135,13 @@ def resize_image(img, size: int) -> np.ndarray:
     return img.copy()
   out = Image.fromarray(img, mode='F').resize((size, size), Image.Resampling.BILINEAR)
   return np.asarray(out, np.float32)
+
+
+def square_image(image01, size: int) -> np.ndarray:
+  """A [0, 1] image (or soft mask) as the model's size x size input: padded to a
+  square, resized, clipped. The builders and the predictor both call it, so a
+  slice at prediction goes through the geometry it was trained on."""
+  return np.clip(resize_image(square_pad(image01), size), 0.0, 1.0)
 
 
 def resize_mask(mask, size: int) -> np.ndarray:

@@ -44,6 +44,7 @@ def set_dir(dataset_path: str, name: str) -> str:
 
 
 def available(dataset_path: str) -> list:
+  """The names of the finished label sets stored beside a built dataset."""
   store = os.path.join(os.path.dirname(dataset_path), STORE)
   if not os.path.isdir(store):
     return []
@@ -88,6 +89,7 @@ def write(dataset_path: str, name: str, soft_masks: np.ndarray, has_soft_mask: n
 
 
 def read_record(dataset_path: str, name: str) -> dict:
+  """A label set's record: its teacher, when, and for which built dataset."""
   with open(os.path.join(set_dir(dataset_path, name), RECORD), encoding='utf-8') as f:
     return json.load(f)
 

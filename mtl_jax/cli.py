@@ -16,7 +16,7 @@ import os
 import sys
 import traceback
 
-from mtl_jax import logs
+from mtl_jax import config_loader, logs
 from mtl_jax.data.preprocess import LUNG_WINDOW
 from mtl_jax.errors import UserError
 
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
   train = sub.add_parser('train', help='train (resumes if WORKDIR has a run)',
                          epilog='Any --config.KEY=VALUE overrides that key.')
-  train.add_argument('--config', default='configs/default.py',
+  train.add_argument('--config', default=config_loader.DEFAULT_CONFIG,
                      help='config file, optionally with :PRESET (default: %(default)s)')
   train.add_argument('--workdir', required=True)
   _add_distributed_flags(train)
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
   demo = sub.add_parser('demo', help='build synthetic CT, train, evaluate, report')
   demo.add_argument('--workdir', default='runs/demo')
-  demo.add_argument('--config', default='configs/default.py:demo')
+  demo.add_argument('--config', default=config_loader.DEMO_CONFIG)
 
   build = sub.add_parser('build-data', help='build a TFDS dataset (array_record)')
   build.add_argument('name')
@@ -164,7 +164,7 @@ def _run(args, overrides) -> int:
   if args.command == 'plan':  # before anything imports jax: it may simulate devices
     return _plan(args, overrides)
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
-  from mtl_jax import config_loader, demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
+  from mtl_jax import demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
   if overrides and args.command in ('predict', 'build-data', 'pseudo-label'):
     raise UserError(f'{args.command} takes no --config.KEY=VALUE overrides (got '
@@ -209,7 +209,6 @@ def _run(args, overrides) -> int:
 
 
 def _plan(args, overrides) -> int:
-  from mtl_jax import config_loader  # pylint: disable=g-import-not-at-top
   config = config_loader.load_config(args.config, overrides)
   hw = config.hardware
   devices = args.devices if args.devices is not None else (hw.devices or 1)

@@ -21,6 +21,7 @@ import sys
 import ml_collections
 
 DEFAULT_CONFIG = 'configs/default.py'
+DEMO_CONFIG = DEFAULT_CONFIG + ':demo'  # what `make demo` / `mtl-jax demo` train
 
 
 from mtl_jax.errors import ConfigError  # noqa: F401  (raised here; importers use it)

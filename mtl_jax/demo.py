@@ -7,7 +7,7 @@ import time
 
 from mtl_jax import config_loader, evaluation, metrics_summary, train
 
-def run_demo(workdir: str, config_spec: str = 'configs/default.py:demo',
+def run_demo(workdir: str, config_spec: str = config_loader.DEMO_CONFIG,
              overrides: list[str] | None = None) -> dict:
   """Build the synthetic dataset if missing, train, restore the best, evaluate."""
   start = time.time()

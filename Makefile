@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: demo test setup lock clean-venv
+.PHONY: demo test test-fast setup lock clean-venv
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"mtl-jax needs Python >= 3.12 (jax >= 0.11), found {sys.version.split()[0]}: install 3.12 (pyenv reads .python-version)"'
@@ -26,7 +26,7 @@ lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --upgrade pip
 	.venv-lock/bin/python -m pip install -q '.[test]'
-	{ echo "# The tested set: every figure in bench/RESULTS.md from 2026-11-30 on was measured with these."; \
+	{ echo "# The tested set: every figure in bench/RESULTS.md and docs/log/ from 2026-11-30 on was measured with these."; \
 	  echo "# Python 3.12, Linux x86_64. Refresh with 'make lock' (ranges live in pyproject.toml)."; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -vi '^mtl.jax'; } > $(LOCK)
 	rm -rf .venv-lock build
@@ -39,6 +39,12 @@ demo: $(STAMP)
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The fast tier (under 3 min on 2 cores): everything but the tests marked
+# `slow`, which train a model of their own (tests/conftest.py enforces it).
+# CI runs `make test`, the whole suite.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

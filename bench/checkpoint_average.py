@@ -1,6 +1,6 @@
 """Would weight averaging (EMA / SWA-style) help? Evaluate the mean of the kept checkpoints.
 
-Run by hand (results go in bench/RESULTS.md):
+Run by hand (results go in docs/log/YYYY-MM.md, summary in docs/results.md):
   .venv/bin/python bench/checkpoint_average.py --workdir runs/real_cpu4 [--split validation]
 
 Restores every checkpoint under WORKDIR/checkpoints (the last
@@ -22,9 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from configs.real import AUC_SOURCES as SOURCES  # noqa: E402
+from mtl_jax.config import loader  # noqa: E402
 from mtl_jax import checkpointing, evaluation  # noqa: E402
 from mtl_jax import runtime as runtime_lib  # noqa: E402
+
+SOURCES = loader.load_module(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs', 'real.py')).AUC_SOURCES
 
 FIGURES = ('dice', 'auc_covid', 'accuracy', 'auc_macro')
 

@@ -6,7 +6,8 @@
 
 Fold k holds out the k-th 10 of MedSeg's 50 slices (`build-data medseg_covid
 --fold k`, a rotation of the seeded permutation: the five folds cover every
-slice once). Each fold gets ROOT/data_fold_k (MedSeg built with that fold;
+slice once; MedSeg is read from $MTL_MANUAL_DIR/medseg_covid). Each fold gets
+ROOT/data_fold_k (MedSeg built with that fold;
 the other sources linked from --data_dir) and ROOT/fold_k (the run, then
 `mtl-jax evaluate`). Re-entrant: finished folds are skipped, unfinished ones
 resume. Prints each fold's Dice with its bootstrap CI, and the mean ± sd
@@ -47,8 +48,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtl_jax import (ablation, checkpointing, config_loader, evaluation,  # noqa: E402
+from mtl_jax import (ablation, checkpointing, evaluation,  # noqa: E402
                      lesion_threshold, plan_results)
+from mtl_jax.config import loader  # noqa: E402
 from mtl_jax.data import datasets  # noqa: E402
 
 FOLDED = 'medseg_covid'  # the source whose validation fold rotates
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     parser.error('each fold has its own data folder: give the sources with --data_dir, '
                  'not --set data.data_dir')
   exe = shlex.split(args.mtl_jax)
-  recipe = config_loader.load_config(args.config, [f'--config.{s}' for s in args.set])
+  recipe = loader.load_config(args.config, [f'--config.{s}' for s in args.set])
   size = args.image_size or recipe.data.image_size
   others = sorted((set(recipe.data.sources) | set(recipe.data.eval_sources)) - {FOLDED})
   folds = [int(f) for f in args.folds.split(',')]
@@ -141,10 +143,10 @@ def _differences(args, data: str, run: str) -> list[str]:
   folder DATA (the folder itself does not count)."""
   with open(os.path.join(run, 'config.json')) as f:
     saved = json.load(f)
-  expected = config_loader.load_config(
+  expected = loader.load_config(
       args.config, [f'--config.data.data_dir={data}'] + [f'--config.{s}' for s in args.set])
   ignored = ('data.data_dir',) + (('train.best_metric',) if args.checkpoint == 'latest' else ())
-  return config_loader.differences(saved, expected.to_dict(), ignored)
+  return loader.differences(saved, expected.to_dict(), ignored)
 
 
 def _not_fold0(args, data: str, workdir: str) -> str:

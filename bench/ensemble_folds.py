@@ -1,6 +1,6 @@
 """Would an ensemble of fold models (nnU-Net's default at inference) classify better?
 
-Run by hand (results go in bench/RESULTS.md):
+Run by hand (results go in docs/log/YYYY-MM.md, summary in docs/results.md):
   .venv/bin/python bench/ensemble_folds.py runs/cv/fold_1 runs/cv/fold_2 ... [--which latest]
 
 The cross-validation folds differ only in which MedSeg slices they hold out;
@@ -23,10 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from configs.real import AUC_SOURCES  # noqa: E402
+from mtl_jax.config import loader  # noqa: E402
 from mtl_jax import evaluation, metrics, metrics_summary  # noqa: E402
 from mtl_jax import runtime as runtime_lib  # noqa: E402
 from mtl_jax.data.features import COVID, covid_vs_rest  # noqa: E402
+
+AUC_SOURCES = loader.load_module(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs', 'real.py')).AUC_SOURCES
 
 
 def covid_scores(loaded, source: str, split: str):

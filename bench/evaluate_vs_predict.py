@@ -1,6 +1,6 @@
 """Do `mtl-jax evaluate` and `mtl-jax predict` agree on the UCSD validation slices?
 
-Run by hand (results go in bench/RESULTS.md):
+Run by hand (results go in docs/log/YYYY-MM.md, summary in docs/results.md):
   .venv/bin/python bench/evaluate_vs_predict.py --workdir runs/real_cpu_e \
       [--ucsd ../shared/data/ucsd_covid_ct] [--checkpoint best]
 
@@ -9,7 +9,7 @@ preprocessing); the predict path reads the original image files of the
 official validation lists (`splits/valCT_*.txt`) through `mtl-jax predict`'s
 replay. Prints each path's COVID-vs-non-COVID ROC AUC with a bootstrap 95% CI.
 With `per_image` standardisation the two should agree to storage precision;
-with `per_source` they differ by design (README).
+with `per_source` they differ by design (docs/data.md).
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from mtl_jax import config_loader, parallel, train  # noqa: E402
+from mtl_jax import parallel, train  # noqa: E402
+from mtl_jax.config import loader  # noqa: E402
 from mtl_jax.data import pipeline  # noqa: E402
-from tfds_builders import registry  # noqa: E402
+from mtl_jax.tfds_builders import registry  # noqa: E402
 
 
 def delivered_rate(config, num_batches: int) -> float:
@@ -62,7 +63,7 @@ def main():
   spec = 'configs/default.py:' + ('full' if args.full_model else 'demo')
   if not args.synthetic:
     spec = 'configs/real.py:' + ('gpu' if args.full_model else 'cpu')
-  config = config_loader.load_config(spec)
+  config = loader.load_config(spec)
   config.data.data_dir = args.data_dir
   config.data.image_size = args.image_size
   for name in config.data.sources:

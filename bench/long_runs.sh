@@ -1,5 +1,5 @@
 #!/bin/bash
-# The project's own queue of long runs for issues 13 and 14 (bench/RESULTS.md,
+# The project's own queue of long runs for issues 13 and 14 (docs/experiments.md,
 # "Where the long runs stand"), on this repository's 2-core VM:
 #   nohup bench/long_runs.sh > runs/long_runs.log 2>&1 &
 # Re-entrant across sessions whose scratch (.venv, data/, runs/) is wiped:
@@ -10,6 +10,8 @@
 # order puts short, paired runs first.
 set -u
 cd "$(dirname "$0")/.."
+# Where the public releases are (the builders' setting; beside the checkout here).
+export MTL_MANUAL_DIR="${MTL_MANUAL_DIR:-$(cd .. && pwd)/shared/data}"
 M=.venv/bin/mtl-jax
 [ -x "$M" ] || make setup
 for d in medseg_covid covid_ct mosmed sars_cov2_ct china_negative; do

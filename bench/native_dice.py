@@ -1,6 +1,6 @@
 """MedSeg validation Dice at the masks' own resolution, through `mtl-jax predict`.
 
-Run by hand (results go in bench/RESULTS.md):
+Run by hand (results go in docs/log/YYYY-MM.md, summary in docs/results.md):
   .venv/bin/python bench/native_dice.py runs/quality/together/seed_0 [RUN ...] \
       [--checkpoint latest] [--medseg ../shared/data/medseg_covid]
 

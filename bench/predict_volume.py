@@ -35,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from mtl_jax import checkpointing, config_loader, predict  # noqa: E402
+from mtl_jax import checkpointing, predict  # noqa: E402
+from mtl_jax.config import loader  # noqa: E402
 from mtl_jax import runtime as runtime_lib  # noqa: E402
 from mtl_jax.data import synthetic  # noqa: E402
 
@@ -95,7 +96,7 @@ def main():
   parser.add_argument('--tta', action='store_true')
   args = parser.parse_args()
 
-  config = config_loader.load_config(os.path.join(REPO, 'configs', 'default.py') +
+  config = loader.load_config(os.path.join(REPO, 'configs', 'default.py') +
                                      f':{args.preset}')
   with tempfile.TemporaryDirectory(prefix='bench-predict-') as tmp:
     t = time.perf_counter()

@@ -28,7 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_jax import config_loader, parallel, train  # noqa: E402
+from mtl_jax import parallel, train  # noqa: E402
+from mtl_jax.config import loader  # noqa: E402
 
 BATCH = {'full': 8, 'demo': 16, 'tiny': 8}
 
@@ -55,7 +56,7 @@ def synthetic_batch(config, batch):
 
 class JaxBench:
   def __init__(self, preset, dtype, overrides=()):
-    config = config_loader.load_config(f'configs/default.py:{preset}', list(overrides))
+    config = loader.load_config(f'configs/default.py:{preset}', list(overrides))
     config.model.compute_dtype = dtype
     config.train.global_batch_size = config.eval.batch_size = BATCH[preset]
     self.config, self.trainer = config, train.Trainer(config)

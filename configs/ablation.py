@@ -10,19 +10,22 @@ same budget, then evaluated on validation at its last step (`plan.checkpoint`).
 When the recipe learns from unlabelled data (pseudo labels, a pre-trained
 start), a `no_unlabelled` arm trains it without them.
 
-Budget: 18 runs at real.py:cpu's 3000 steps take ~26 h on the 2-core CPU
-of 2026-11-30 (1.2 s/step) and ~48 h on 2026-12-02's (3 s/step), so every
-run is shortened to RUN_STEPS (~13 h and ~24 h for the plan). `:length_check`
+Budget: 18 runs at real.py:cpu's 3000 steps did not fit the 2-core CPU
+(docs/experiments.md), so every run is shortened to RUN_STEPS. `:length_check`
 trains the full, seg_only and cls_only arms at the full 3000 steps with two
 seeds, to show that the ranking at the shorter length is the ranking at full
-length (bench/RESULTS.md; `full` is the quality plan's `together`, which
+length (docs/experiments.md; `full` is the quality plan's `together`, which
 `--reuse_from` links). `:tiny` is a 2 x 2 plan of a few steps on synthetic data,
 for tests.
 """
 
+import os
+
 import ml_collections
 
-from configs import default, real
+from mtl_jax.config import ingredients, loader
+
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'real.py')
 
 # (arm, the config preset it trains), in table order.
 TASK_ARMS = (
@@ -36,15 +39,15 @@ TASK_ARMS = (
 # labels or a pre-trained start (issue 13's kept ingredients): the same
 # recipe without them. Its overrides switch them off explicitly, so that
 # neither the plan's overrides nor a sweep's --set bring them back.
-RECIPE_ARM = ('no_unlabelled', 'cpu,no_unlabelled', default.UNLABELLED_OFF)
+RECIPE_ARM = ('no_unlabelled', 'cpu,no_unlabelled', ingredients.UNLABELLED_OFF)
 
 
 def arms(overrides=()) -> tuple:
   """TASK_ARMS, and RECIPE_ARM when real.py:cpu with `overrides` ((key,
   value) pairs) has an unlabelled-data ingredient."""
-  recipe = real.get_config('cpu')
+  recipe = loader.load_config(RECIPE + ':cpu')
   recipe.update_from_flattened_dict(dict(overrides))
-  return TASK_ARMS + ((RECIPE_ARM,) if default.uses_unlabelled(recipe) else ())
+  return TASK_ARMS + ((RECIPE_ARM,) if ingredients.uses_unlabelled(recipe) else ())
 
 
 RUN_STEPS = 1500  # of real.py:cpu's 3000
@@ -69,9 +72,8 @@ def get_config(arg=None):
   plan.checkpoint = 'latest'
   if arg == 'length_check':
     plan.name = 'ablation:length_check'
-    # cls_only too: at 1500 steps the AUCs are still rising (full/seed_0:
-    # UCSD 0.75 and MosMed 0.66, against 0.88 and 0.83 at 3000), while Dice
-    # is flat from step 500 (bench/RESULTS.md, eighth session).
+    # cls_only too: at 1500 steps the AUCs are still rising while Dice is
+    # flat (docs/log/2026-12.md, "The ablation's first run").
     plan.arms = (('full', 'cpu'), ('seg_only', 'cpu,seg_only'), ('cls_only', 'cpu,cls_only'))
     plan.seeds = (0, 1)
     plan.overrides = ()  # real.py:cpu's own length

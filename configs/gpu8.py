@@ -3,11 +3,11 @@
 Usage: mtl-jax train --config configs/gpu8.py[:PRESET] --workdir DIR
 """
 
-from configs import default
+from mtl_jax.config import schema
 
 
 def get_config(arg=None):
-  config = default.get_config(arg)
+  config = schema.get_config(arg)
   config.train.global_batch_size = 128
   config.optim.learning_rate = 2e-3
   config.model.compute_dtype = 'bfloat16'

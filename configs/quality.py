@@ -10,8 +10,8 @@ ingredient: it must win by more than the spread between seeds.
 
 Every arm reads `data/`, built as configs/real.py says (covid19_ct_seg with
 its Inf-Net soft masks: `--use_pseudo_masks`; the arms without pseudo masks
-never read them). Arms that need more prepared data (README "Quality from
-little data"):
+never read them). Arms that need more prepared data (docs/training.md,
+"Learning from little data"):
 
 - `self_training`: one teacher -> student round on the recipe. The
   teacher is the same seed's `together` run (real.py:cpu); before the
@@ -53,14 +53,18 @@ comparable with `base`); `pretrained` is `base` started from the same seed's
 `pretrain` run. Together ~100 min per seed on the 2-core CPU.
 """
 
+import os
+
 import ml_collections
 
-# real.py:cpu keeps two ingredients (bench/RESULTS.md): the Inf-Net pseudo
-# masks (Dice) and normal slices as lesion-free (false lesions). Each arm
-# switches off what it does not test, so `base` is the recipe without any
-# ingredient, as every arm was measured against. Not kept: the pre-trained
-# start (over two seeds it neither won nor lost by more than the seed spread).
-RECIPE_OFF = (('loss.pseudo_weight', 0.0), ('loss.normal_no_lesion_weight', 0.0))
+from mtl_jax.config import ingredients, loader
+
+# real.py:cpu keeps two ingredients (docs/results.md): the Inf-Net pseudo
+# masks and normal slices as lesion-free. Each arm switches off what it does
+# not test, so `base` is the recipe without any ingredient, as every arm was
+# measured against: its ingredients, read from the recipe, switched off.
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'real.py')
+RECIPE_OFF = ingredients.off(*ingredients.active(loader.load_config(RECIPE + ':cpu')))
 
 # A short second stage from the same seed's recipe run (`together`).
 FINETUNE = (('init_from', '{root}/together/seed_{seed}'), ('train.num_train_steps', 250),
@@ -69,7 +73,7 @@ FINETUNE = (('init_from', '{root}/together/seed_{seed}'), ('train.num_train_step
 
 ARMS = (
     ('base', 'cpu', RECIPE_OFF),
-    ('pseudo_masks', 'cpu', (('loss.normal_no_lesion_weight', 0.0),)),
+    ('pseudo_masks', 'cpu', ingredients.off('normal_no_lesion')),
     ('pretrain', 'cpu,pretrain'),
     ('pretrained', 'cpu', RECIPE_OFF + (('init_from', '{root}/pretrain/seed_{seed}'),)),
     ('self_training', 'cpu', (('data.pseudo_labels', 'round1_seed_{seed}'),)),
@@ -77,7 +81,7 @@ ARMS = (
                                         ('data.train_size_schedule', '((128, 2750),)'))),
     # Not an ingredient of the issue: slices labelled normal are lesion-free
     # (the segmentation head otherwise paints ~45% of a normal MosMed slice).
-    ('normal_no_lesion', 'cpu', (('loss.pseudo_weight', 0.0),)),
+    ('normal_no_lesion', 'cpu', ingredients.off('pseudo_masks')),
     # Not an ingredient of the issue: every run's UCSD/MosMed AUC is still
     # rising at step 3000, and 4000 steps (~110 min) still fit the 2 h budget.
     ('steps_4000', 'cpu', RECIPE_OFF + (('train.num_train_steps', 4000),)),
@@ -110,7 +114,7 @@ def get_config(arg=None):
   plan.split = 'validation'
   # Compared at the last step: the best of 12 evaluations on the reported
   # fold is biased towards the noisier arm, and the kept-checkpoint rule
-  # itself changed mid-comparison (bench/RESULTS.md).
+  # itself changed mid-comparison (docs/log/2026-11.md, "Checkpoint choice").
   plan.checkpoint = 'latest'
   if arg:
     raise ValueError(f'unknown plan variant {arg!r}; configs/quality.py has none')

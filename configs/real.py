@@ -20,8 +20,7 @@ renderings, not HU. Build the datasets first (at the preset's image size):
 
 import ml_collections
 
-from configs import default
-from mtl_jax import stages
+from mtl_jax.config import ingredients, schema
 
 SOURCES = {
     'medseg_covid': 0.25,    # masks (GGO, consolidation), COVID
@@ -40,16 +39,17 @@ def get_config(arg=None):
   """`cpu` or `gpu`, optionally with default.py's stages and ablations
   (`cpu,pretrain`, `cpu,seg_only`, `gpu,no_recon`) or another model size
   (`cpu,tiny` for tests)."""
-  names = [a.strip() for a in (arg or 'cpu').split(',') if a.strip()]
+  modifiers = schema.ABLATIONS + schema.STAGES + schema.SIZE_PRESETS
+  usage = (f'give one of {", ".join(SCALES)}, optionally with any of '
+           f'{", ".join(modifiers)} (comma-separated)')
+  names = schema.split_presets(arg, tuple(SCALES) + modifiers, 'cpu', usage)
   scales = [n for n in names if n in SCALES]
   modifiers = [n for n in names if n not in SCALES]
-  valid = default.ABLATIONS + default.STAGES + default.SIZE_PRESETS
-  if len(scales) > 1 or any(m not in valid for m in modifiers):
-    raise ValueError(f'unknown preset {arg!r}; give one of {", ".join(SCALES)}, '
-                     f'optionally with any of {", ".join(valid)} (comma-separated)')
+  if len(scales) > 1:
+    raise ValueError(f'preset {arg!r} names two scales; {usage}')
   scale = scales[0] if scales else 'cpu'
-  sizes = [] if any(m in default.SIZE_PRESETS for m in modifiers) else [SCALES[scale]]
-  config = default.get_config(','.join(sizes + modifiers))
+  sizes = [] if any(m in schema.SIZE_PRESETS for m in modifiers) else [SCALES[scale]]
+  config = schema.get_config(','.join(sizes + modifiers))
   config.data.sources = ml_collections.ConfigDict(SOURCES)
   config.data.eval_sources = tuple(SOURCES)
   config.data.input_kind = '8bit'
@@ -62,19 +62,19 @@ def get_config(arg=None):
   config.data.elastic_prob = 0.2
   config.data.rotate_deg = 15.0
   config.model.num_seg_classes = 1
-  # Issue 13's kept ingredients (bench/RESULTS.md, configs/quality.py, two
-  # seeds each): Inf-Net's model-made masks on COVID-19-CT-Seg as weak
-  # targets (+0.024 MedSeg Dice; needs covid19_ct_seg built with
+  # The kept ingredients (mtl_jax/config/ingredients.py; what each measured,
+  # over two seeds: docs/results.md): Inf-Net's model-made masks on
+  # COVID-19-CT-Seg as weak targets (needs covid19_ct_seg built with
   # --use_pseudo_masks), and slices labelled normal taught lesion-free (the
-  # head otherwise paints 25-45% of a normal slice; -0.009 Dice).
+  # head otherwise paints much of a normal slice).
   config.loss.pseudo_weight = 0.5
   config.loss.normal_no_lesion_weight = 1.0
-  # Both tasks pick the kept model: by Dice alone (10 MedSeg slices, CI +-0.08)
+  # Both tasks pick the kept model: by Dice alone (10 noisy MedSeg slices)
   # the best step was one where classification had not converged yet. The
-  # AUCs are within each labelled source: the pooled AUC (0.94 at every step)
-  # mostly measures which source a slice comes from, and chose a step whose
-  # UCSD/MosMed AUCs were 0.1 worse (bench/RESULTS.md). (A stage or ablation
-  # without both tasks keeps its preset's own metric.)
+  # AUCs are within each labelled source: the pooled AUC mostly measures which
+  # source a slice comes from (docs/log/2026-11.md, "Checkpoint choice for
+  # comparisons"). (A stage or ablation without both tasks keeps its preset's
+  # own metric.)
   if config.loss.weights.seg and config.loss.weights.cls:
     config.train.best_metric = '+'.join(
         ['dice'] + [f'by_source/{s}/auc_covid' for s in AUC_SOURCES])
@@ -91,9 +91,9 @@ def get_config(arg=None):
     config.data.num_workers = 8
   if 'pretrain' in modifiers:  # in-painting converges sooner than the three tasks
     config.train.num_train_steps //= 3
-    # the stage train.pretrain_steps derives (stages.pretrain_config), so one can stand for the other
-    config.update_from_flattened_dict(dict(stages.THREE_TASK_ONLY_OFF))
+    # the stage train.pretrain_steps derives (config/stages.pretrain_config), so one can stand for the other
+    config.update_from_flattened_dict(dict(ingredients.THREE_TASK_ONLY_OFF))
   if 'no_unlabelled' in modifiers:  # also what this recipe adds above
-    default.drop_unlabelled(config)
+    ingredients.drop_unlabelled(config)
   config.preset = 'real:' + ','.join([scale] + modifiers)
   return config

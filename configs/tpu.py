@@ -4,11 +4,11 @@ GroupNorm keeps results independent of the per-core batch, which on large
 slices is small. Usage: see launch/tpu_vm.sh.
 """
 
-from configs import default
+from mtl_jax.config import schema
 
 
 def get_config(arg=None):
-  config = default.get_config(arg)
+  config = schema.get_config(arg)
   config.train.global_batch_size = 256
   config.optim.learning_rate = 3e-3
   config.optim.warmup_steps = 500

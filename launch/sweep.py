@@ -159,7 +159,8 @@ def main(argv=None) -> int:
 
 def run_plan(args) -> int:
   """--plan: run (re-entrant), --dry_run or --collect."""
-  from mtl_jax import ablation, plan_results, stages  # pylint: disable=g-import-not-at-top
+  from mtl_jax import ablation, plan_results  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import stages  # pylint: disable=g-import-not-at-top
   from mtl_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     plan = ablation.load_plan(args.plan, args.arms, args.seeds, args.baseline)

@@ -23,7 +23,8 @@ import json
 import os
 import shlex
 
-from mtl_jax import checkpointing, config_loader, evaluation, jsonio, stages
+from mtl_jax import checkpointing, evaluation, jsonio
+from mtl_jax.config import loader, stages
 from mtl_jax.errors import ConfigError
 
 PLAN_FILE = 'plan.json'
@@ -46,7 +47,7 @@ def load_plan(spec: str, arms: str | None = None, seeds: str | None = None,
   """The plan of `spec` (FILE.py[:ARG]) as a plain dict, narrowed to `arms`/`seeds`
   ('a,b' / '0,1'), with another arm as the `baseline` the others are compared
   with if given; an unknown arm or seed is a one-line error naming the valid ones."""
-  plan = config_loader.load_config(spec).to_dict()
+  plan = loader.load_config(spec).to_dict()
   plan['arm_overrides'] = {}
   presets = {}
   for arm, preset, *own in plan['arms']:  # (arm, preset[, ((key, value), ...)])
@@ -161,14 +162,14 @@ def same_finished_stage(plan: dict, run: Run, roots) -> str | None:
 
 
 def _config(plan: dict, run: Run):
-  return config_loader.load_config(f'{plan["config"]}:{plan["arms"][run.arm]}',
+  return loader.load_config(f'{plan["config"]}:{plan["arms"][run.arm]}',
                                    overrides(plan, run))
 
 
 def _finished_like(expected: dict, roots, patterns, exclude: str, ignored,
                    plan: dict | None = None) -> str | None:
   """The first folder (ROOT/PATTERN) trained to its last step with the config
-  `expected` (`config_loader.differences`, less `ignored`), but `exclude`;
+  `expected` (`loader.differences`, less `ignored`), but `exclude`;
   with `plan`, one holding the plan's evaluation of its last step counts too."""
   for root in roots:
     paths = sorted({p for pattern in patterns
@@ -179,7 +180,7 @@ def _finished_like(expected: dict, roots, patterns, exclude: str, ignored,
         continue
       with open(config_path, encoding='utf-8') as f:
         saved = json.load(f)
-      if config_loader.differences(saved, expected, ignored):
+      if loader.differences(saved, expected, ignored):
         continue
       total = saved['train']['num_train_steps']
       if (checkpointing.select_step(workdir, 'latest') == total
@@ -307,9 +308,9 @@ def _names_the_run_elsewhere(plan: dict, run: Run, key: str, saved: dict) -> boo
 
 def _trained_differently(saved: dict, expected: dict, checkpoint: str) -> list[str]:
   """Config fields where a run's config.json differs from what its arm trains
-  today (`config_loader.differences`); `train.best_metric` does not matter
+  today (`loader.differences`); `train.best_metric` does not matter
   when runs are compared at their last step."""
-  return config_loader.differences(saved, expected, ignored=_not_compared(checkpoint))
+  return loader.differences(saved, expected, ignored=_not_compared(checkpoint))
 
 
 def _not_compared(checkpoint: str) -> tuple:

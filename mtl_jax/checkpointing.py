@@ -22,7 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from mtl_jax import config_loader
+from mtl_jax import dotted_paths
+from mtl_jax.config import loader
 from mtl_jax.errors import CheckpointError, ConfigError
 
 LATEST_DIR = 'checkpoints'
@@ -144,7 +145,13 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, keep: int = 3, best_metric: str = 'dice',
-               read_only: bool = False):
+               read_only: bool = False, best_hooks=()):
+    """`best_hooks`: functions (state, held_out) -> dict of more record
+    fields, called only when a best checkpoint is written: what a kept model
+    carries for prediction (the out-of-distribution reference,
+    `evaluation.ood_reference_hook`), built from the validation predictions
+    just made (`held_out`)."""
+    self.best_hooks = tuple(best_hooks)
     if int(keep) < 1:
       raise ConfigError(f'train.keep_checkpoints={keep}: keep at least 1')
     self.best_metric, self.keep, self.read_only = best_metric, int(keep), read_only
@@ -204,10 +211,11 @@ class Checkpointer:
     kept = self.best_value()
     return value is not None and (kept is None or value > kept)
 
-  def update_best(self, step: int, state, make_meta, metrics: dict) -> str:
+  def update_best(self, step: int, state, meta: dict, metrics: dict,
+                  held_out: dict | None = None) -> str:
     """Keep this step as `best` if its `best_metric` beats the kept one.
 
-    `make_meta()` is called only when a checkpoint is written. Returns what
+    The record is `meta` and what the `best_hooks` add. Returns what
     happened: 'saved', 'not better', 'undefined' (the value is nan), or
     'revalidated' (a resumed run re-reached a best step saved before the
     kill, with the same value: it is kept as it is).
@@ -223,7 +231,10 @@ class Checkpointer:
       self._discard('best', [step])
     if not self._is_better(value):
       return 'not better'
-    meta = dict(make_meta(), selection={'best_metric': self.best_metric, 'value': value})
+    meta = dict(meta)
+    for hook in self.best_hooks:
+      meta.update(hook(state, held_out or {}))
+    meta['selection'] = {'best_metric': self.best_metric, 'value': value}
     self.best.save(step, args=_save_args(state, meta), force=True)
     self.best.wait_until_finished()
     self._discard('best', [s for s in self._steps('best') if s != step])
@@ -359,7 +370,7 @@ def check_compatible(saved_config: dict, config_dict: dict, workdir: str):
   """Refuse to resume a checkpoint that another architecture wrote."""
   diffs = []
   for key in ARCHITECTURE_KEYS:
-    old, new = config_loader.lookup(saved_config, key), config_loader.lookup(config_dict, key)
+    old, new = dotted_paths.get(saved_config, key), dotted_paths.get(config_dict, key)
     if json.dumps(old, sort_keys=True, default=list) != json.dumps(
         new, sort_keys=True, default=list):
       diffs.append(f'{key}: checkpoint has {old}, config has {new}')

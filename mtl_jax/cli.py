@@ -1,4 +1,9 @@
-"""The `mtl-jax` command line: train, evaluate, demo, build-data, predict, pseudo-label.
+"""The `mtl-jax` command line: train, evaluate, demo, build-data, predict, pseudo-label, estimate.
+
+One vocabulary in every verb: `--workdir` is a run folder, `--checkpoint
+best|latest` which of its checkpoints. The older spellings (`predict
+--checkpoint WORKDIR`, `--which`, the `plan` verb) still work for one release
+and print a one-line deprecation (`_deprecated`).
 
 A thin layer (flax-examples style): parse arguments, load the config, call
 `train.train_in_stages` (`train.train_and_evaluate`, after a pre-training
@@ -16,7 +21,8 @@ import os
 import sys
 import traceback
 
-from mtl_jax import config_loader, logs
+from mtl_jax import logs
+from mtl_jax.config import loader
 from mtl_jax.data.preprocess import LUNG_WINDOW
 from mtl_jax.errors import UserError
 
@@ -34,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
   train = sub.add_parser('train', help='train (resumes if WORKDIR has a run)',
                          epilog='Any --config.KEY=VALUE overrides that key.')
-  train.add_argument('--config', default=config_loader.DEFAULT_CONFIG,
+  train.add_argument('--config', default=loader.DEFAULT_CONFIG,
                      help='config file, optionally with :PRESET (default: %(default)s)')
   train.add_argument('--workdir', required=True)
   _add_distributed_flags(train)
@@ -51,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
   demo = sub.add_parser('demo', help='build synthetic CT, train, evaluate, report')
   demo.add_argument('--workdir', default='runs/demo')
-  demo.add_argument('--config', default=config_loader.DEMO_CONFIG)
+  demo.add_argument('--config', default=loader.DEMO_CONFIG)
 
   build = sub.add_parser('build-data', help='build a TFDS dataset (array_record)')
   build.add_argument('name')
@@ -59,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument('--image_size', type=int, default=None,
                      help='stored slice size (default: the dataset\'s own)')
   build.add_argument('--manual_dir', default=None,
-                     help='folder holding the source files, for real datasets')
+                     help='folder holding the source files, for real datasets (default: '
+                          '$MTL_MANUAL_DIR/<the source\'s folder>, docs/data.md)')
   build.add_argument('--skip_bad', action='store_true',
                      help='leave out bad files (recorded in the metadata)')
   build.add_argument('--window_hu', type=float, nargs=2, metavar=('LOW', 'HIGH'),
@@ -79,18 +86,19 @@ def _parser() -> argparse.ArgumentParser:
       'every training slice without a ground-truth mask beside the built dataset, as a '
       'label set that training reads with --config.data.pseudo_labels=NAME '
       '--config.loss.pseudo_weight=W.')
-  label.add_argument('--checkpoint', required=True, help='the teacher\'s training WORKDIR')
+  _add_workdirs(label, 'the teacher\'s training WORKDIR', several=False)
   label.add_argument('--dataset', required=True, help='a built dataset, e.g. covid19_ct_seg')
   label.add_argument('--data_dir', default=os.environ.get('MTL_DATA_DIR', 'data'))
   label.add_argument('--name', default=None,
                      help='label set name (default: the teacher workdir\'s name)')
-  label.add_argument('--which', default='best', choices=('best', 'latest'))
   label.add_argument('--tta', action='store_true', help='average with a left-right flip')
   label.add_argument('--batch_size', type=int, default=None)
 
+  estimate_help = ('estimate a job\'s cost: compile its steps for N devices, print memory, '
+                   'FLOPs, communication and a predicted step time (runs nothing; `plan` is '
+                   'its old name)')
   sizing = sub.add_parser(
-      'plan', help='size a job: compile its steps for N devices, print memory, FLOPs, '
-      'communication and a predicted step time (runs nothing)',
+      'estimate', aliases=['plan'], help=estimate_help, description=estimate_help,
       epilog='Defaults come from the config\'s hardware section. Any --config.KEY=VALUE '
       'overrides that key.')
   sizing.add_argument('--config', required=True)
@@ -110,9 +118,8 @@ def _parser() -> argparse.ArgumentParser:
       'predict', help='segment, classify and grade a CT study (or a batch)',
       description='Input: NIfTI, DICOM series folder/.dcm, PNG/JPG, or a folder/CSV '
       '(input[,mask]) of them. Writes lesion_mask, report.json and overview.png.')
-  predict.add_argument('--checkpoint', required=True, nargs='+', action='extend',
-                       metavar='WORKDIR', help='training WORKDIR; several: an ensemble '
-                       '(e.g. the cross-validation folds), probabilities averaged')
+  _add_workdirs(predict, 'training WORKDIR; several: an ensemble (e.g. the '
+                'cross-validation folds), probabilities averaged', several=True)
   predict.add_argument('--input', required=True)
   predict.add_argument('--output', required=True, help='output folder (replaced '
                        'atomically; untouched on error)')
@@ -123,6 +130,50 @@ def _parser() -> argparse.ArgumentParser:
   predict.add_argument('--save_probability', action='store_true',
                        help='also write lesion_probability (0..255)')
   return parser
+
+
+def _add_workdirs(parser, help_text: str, several: bool):
+  """--workdir (one run, or several) and --checkpoint best|latest; the older
+  --checkpoint WORKDIR and --which are read by `_workdirs_and_checkpoint`."""
+  if several:
+    parser.add_argument('--workdir', nargs='+', action='extend', default=[],
+                        metavar='WORKDIR', help=help_text)
+  else:
+    parser.add_argument('--workdir', action='append', default=[], help=help_text)
+  parser.add_argument('--checkpoint', nargs='+', action='extend', default=[],
+                      metavar='best|latest', help='which checkpoint of the run '
+                      '(default: best)')
+  parser.add_argument('--which', default=None, choices=CHECKPOINTS, help=argparse.SUPPRESS)
+
+
+CHECKPOINTS = ('best', 'latest')
+
+
+def _deprecated(command: str, old: str, new: str):
+  print(f'mtl-jax {command}: {old} is deprecated and goes in the next release: use {new}',
+        file=sys.stderr)
+
+
+def _workdirs_and_checkpoint(args) -> tuple[list[str], str]:
+  """(run folders, 'best'|'latest') of predict / pseudo-label, old spellings
+  included: `--checkpoint WORKDIR [...]` (a folder, not best|latest) and
+  `--which best|latest`."""
+  workdirs, which = list(args.workdir), 'best'
+  given = list(args.checkpoint)
+  if len(given) == 1 and given[0] in CHECKPOINTS:
+    which = given[0]
+  elif given:
+    _deprecated(args.command, '--checkpoint WORKDIR', '--workdir WORKDIR (--checkpoint '
+                'takes best|latest)')
+    workdirs += given
+  if args.which:
+    _deprecated(args.command, f'--which {args.which}', f'--checkpoint {args.which}')
+    which = args.which
+  if not workdirs:
+    raise UserError('--workdir WORKDIR is required (the training run to use)')
+  if args.command != 'predict' and len(workdirs) > 1:
+    raise UserError(f'--workdir takes one run here, got {len(workdirs)}')
+  return workdirs, which
 
 
 def _add_distributed_flags(parser):
@@ -139,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
   overrides = [a for a in argv if a.startswith('--config.')]
   args = _parser().parse_args([a for a in argv if not a.startswith('--config.')])
   logs.setup_console()
-  if getattr(args, 'workdir', None):
+  if isinstance(getattr(args, 'workdir', None), str):  # one run folder: its log
     logs.log_to_file(args.workdir)
   try:
     return _run(args, overrides)
@@ -161,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, overrides) -> int:
-  if args.command == 'plan':  # before anything imports jax: it may simulate devices
-    return _plan(args, overrides)
+  if args.command in ('estimate', 'plan'):  # before jax starts: it may simulate devices
+    if args.command == 'plan':
+      _deprecated('plan', 'the verb `plan`', '`mtl-jax estimate`')
+    return _estimate(args, overrides)
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
   from mtl_jax import demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
@@ -173,11 +226,11 @@ def _run(args, overrides) -> int:
     from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   if args.command == 'train':
-    config = config_loader.load_config(args.config, overrides)
+    config = loader.load_config(args.config, overrides)
     train.train_in_stages(config, args.workdir)
   elif args.command == 'evaluate':
-    results = evaluation.evaluate_workdir(args.workdir, args.split, args.checkpoint,
-                                          overrides, args.tta)
+    results = evaluation.evaluate_workdir(args.workdir, args.split, which=args.checkpoint,
+                                          overrides=overrides, tta=args.tta)
     print(metrics_summary.results_table({args.split: results}))
   elif args.command == 'demo':
     demo.run_demo(args.workdir, args.config, overrides)
@@ -194,22 +247,26 @@ def _run(args, overrides) -> int:
                       f'{LUNG_WINDOW[1]:g})')
     if 'use_pseudo_masks' in kwargs and args.name != 'covid19_ct_seg':
       raise UserError(f'--use_pseudo_masks is for covid19_ct_seg, not {args.name}')
-    from tfds_builders import registry  # pylint: disable=g-import-not-at-top
+    from mtl_jax.tfds_builders import registry  # pylint: disable=g-import-not-at-top
     path = registry.build_dataset(args.name, args.data_dir, args.image_size, **kwargs)
     print(path)
   elif args.command == 'pseudo-label':
     from mtl_jax import pseudo_label  # pylint: disable=g-import-not-at-top
-    print(pseudo_label.run(args.checkpoint, args.dataset, args.data_dir, args.name,
-                           args.which, args.tta, args.batch_size))
+    (workdir,), which = _workdirs_and_checkpoint(args)
+    print(pseudo_label.run(workdir=workdir, dataset=args.dataset, data_dir=args.data_dir,
+                           name=args.name, which=which, tta=args.tta,
+                           batch_size=args.batch_size))
   elif args.command == 'predict':
     from mtl_jax import predict  # pylint: disable=g-import-not-at-top
-    predict.run(args.checkpoint, args.input, args.output, args.batch_size, args.tta,
-                args.series, args.save_probability)
+    workdirs, which = _workdirs_and_checkpoint(args)
+    predict.run(workdirs, args.input, args.output, batch_size=args.batch_size,
+                tta=args.tta, series=args.series, save_probability=args.save_probability,
+                which=which)
   return 0
 
 
-def _plan(args, overrides) -> int:
-  config = config_loader.load_config(args.config, overrides)
+def _estimate(args, overrides) -> int:
+  config = loader.load_config(args.config, overrides)
   hw = config.hardware
   devices = args.devices if args.devices is not None else (hw.devices or 1)
   flags = os.environ.get('XLA_FLAGS', '')

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
-from mtl_jax import config_loader, evaluation, metrics_summary, train
+from mtl_jax import evaluation, metrics_summary, train
+from mtl_jax.config import loader
 
-def run_demo(workdir: str, config_spec: str = config_loader.DEMO_CONFIG,
+def run_demo(workdir: str, config_spec: str = loader.DEMO_CONFIG,
              overrides: list[str] | None = None) -> dict:
   """Build the synthetic dataset if missing, train, restore the best, evaluate."""
   start = time.time()
-  from tfds_builders import registry  # pylint: disable=g-import-not-at-top  (builds only)
-  config = config_loader.load_config(config_spec, overrides)
+  from mtl_jax.tfds_builders import registry  # pylint: disable=g-import-not-at-top  (builds only)
+  config = loader.load_config(config_spec, overrides)
   for name in config.data.sources:
     registry.build_dataset(name, config.data.data_dir, config.data.image_size)
   train.train_in_stages(config, workdir)

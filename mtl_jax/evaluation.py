@@ -162,6 +162,19 @@ def reference_features(runtime, variables, num_fit: int = 256,
   return dict(reference, split_fit='train', split_calibration='validation')
 
 
+def ood_reference_hook(runtime, predict, variables_of):
+  """A `Checkpointer` best hook: the out-of-distribution references a kept
+  model carries for `mtl-jax predict` (reconstruction errors and encoder
+  features), from the state's variables and the validation predictions just
+  made (`held_out`)."""
+  def hook(state, held_out: dict) -> dict:
+    variables = variables_of(state)
+    return {'ood_reference': reference_recon_errors(runtime, predict, variables,
+                                                    held_out=held_out),
+            'ood_features': reference_features(runtime, variables, held_out=held_out)}
+  return hook
+
+
 def _host_batch(local: dict, source_name: str) -> dict:
   """The batch as every host sees it (gathered across processes if several).
 

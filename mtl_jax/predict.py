@@ -50,6 +50,7 @@ import numpy as np
 
 from mtl_jax import checkpointing, errors, jsonio, lungs, metrics, parallel, replay, report
 from mtl_jax import runtime as runtime_lib
+from mtl_jax import tasks as tasks_lib
 from mtl_jax import volume_io
 from mtl_jax.data.features import CLASS_NAMES, COVID
 
@@ -131,28 +132,21 @@ class Predictor:
     self.image_size, self.window = self.replay.image_size, self.replay.window
     self.class_names = list(CLASS_NAMES[:config.model.num_classes])
     self.tasks = self.runtime.tasks
-    self.multi = 'seg' in self.tasks and config.model.num_seg_classes > 1
+    self.multi = 'seg' in self.tasks and self.tasks['seg'].multi_class
     self._apply = self.runtime.predict_fn(self.tta, extras=True)
 
   def predict_batch(self, images: np.ndarray) -> dict:
-    """(B, S, S) model inputs -> numpy {'seg', 'cls_probs', 'recon_mse', 'features'}
-    (tests patch this)."""
+    """(B, S, S) model inputs -> numpy predictions: every task's, with 'seg'
+    the probabilities a mask is made from, 'recon_mse' and 'features' (tests
+    patch this). An ensemble averages what each task averages (`tasks.average`)."""
     batch = parallel.global_batch({'image': images}, self.runtime.mesh)['image']
-    out = parallel.to_host(self._apply(self.variables, batch))
-    seg_key = 'seg_class_probs' if self.multi else 'seg_prob'
-    if self.member_variables:  # an ensemble: the mean of the members' probabilities
-      for variables in self.member_variables:
-        extra = parallel.to_host(self._apply(variables, batch))
-        for key in (seg_key, 'cls_probs'):
-          if key in out:
-            out[key] = out[key] + extra[key]
-      for key in (seg_key, 'cls_probs'):
-        if key in out:
-          out[key] = out[key] / (1 + len(self.member_variables))
-    seg = out.get(seg_key)
-    return {k: v for k, v in (('seg', seg), ('cls_probs', out.get('cls_probs')),
-                              ('recon_mse', out.get('recon_mse')),
-                              ('features', out.get('features'))) if v is not None}
+    members = [parallel.to_host(self._apply(v, batch))
+               for v in [self.variables] + self.member_variables]
+    out = members[0] if len(members) == 1 else tasks_lib.average(self.tasks, members)
+    out = {k: np.asarray(v) for k, v in out.items()}
+    if 'seg' in self.tasks:
+      out['seg'] = out[self.tasks['seg'].probability_key]
+    return out
 
   def predict_study(self, study: volume_io.Study, dest, save_probability=False,
                     reference_mask=None) -> dict:
@@ -294,17 +288,17 @@ class Predictor:
     return report.render_overview(path, panels, head)
 
 
-def run(checkpoint, input_path, output, batch_size=None, tta=False, series=None,
+def run(workdirs, input_path, output, *, batch_size=None, tta=False, series=None,
         save_probability=False, which='best', predictor: Predictor | None = None):
   """The CLI entry: check what is cheap first (model folder, inputs, masks; a
   single input is read before the model is built), predict, then publish."""
   if predictor is None:
-    for workdir in _as_list(checkpoint):
+    for workdir in _as_list(workdirs):
       load_meta(workdir, which)  # fail fast on a folder without a model
   batch, items = volume_io.discover(input_path)
   volume_io.check_masks(items)
   first = None if batch else volume_io.read_study(items[0].input, series)
-  predictor = predictor or Predictor(checkpoint, batch_size, tta, which)
+  predictor = predictor or Predictor(workdirs, batch_size, tta, which)
   reports = []
   with volume_io.staged_output(output) as tmp:
     for item in items:

@@ -23,13 +23,13 @@ from mtl_jax.data import datasets, pipeline, preprocess, pseudo_labels
 from mtl_jax.errors import ConfigError
 
 
-def run(checkpoint: str, dataset: str, data_dir: str, name: str | None = None,
+def run(*, workdir: str, dataset: str, data_dir: str, name: str | None = None,
         which: str = 'best', tta: bool = False, batch_size: int | None = None) -> str:
   """Label `dataset`'s training slices without masks; returns the set's folder."""
-  loaded = runtime_lib.load(checkpoint, which)
+  loaded = runtime_lib.load(workdir, which)
   runtime = loaded.runtime
   if 'seg' not in runtime.tasks:
-    raise ConfigError(f'{checkpoint}: the model has no segmentation task to make '
+    raise ConfigError(f'{workdir}: the model has no segmentation task to make '
                       'pseudo labels with')
   config = runtime.config.copy_and_resolve_references()
   config.data.data_dir = data_dir
@@ -38,7 +38,7 @@ def run(checkpoint: str, dataset: str, data_dir: str, name: str | None = None,
   _check_rendering(loaded.meta, datasets.built_record(source.path), source.path)
   stats = loaded.meta['preprocessing']['standardize'].get('source_stats') or {}
   if config.data.standardize == 'per_source' and dataset not in stats:
-    raise ConfigError(f'{checkpoint} standardises per source and has no statistics for '
+    raise ConfigError(f'{workdir} standardises per source and has no statistics for '
                       f'{dataset!r} (it knows {sorted(stats)})')
   batch_size = batch_size or config.eval.batch_size
   parallel.check_batch_size(batch_size, '--batch_size', num_devices=runtime.mesh.size)
@@ -59,21 +59,21 @@ def run(checkpoint: str, dataset: str, data_dir: str, name: str | None = None,
       if 'cls_probs' in predictions:
         class_probs.append(np.asarray(predictions['cls_probs'][i], np.float32))
       offset += 1
-  record = {'teacher': os.path.abspath(checkpoint), 'teacher_checkpoint': loaded.which,
+  record = {'teacher': os.path.abspath(workdir), 'teacher_checkpoint': loaded.which,
             'teacher_step': loaded.step, 'tta': bool(tta),
             'confidence_note': 'probabilities as predicted; the student config chooses '
                                'which to trust (loss.pseudo_confidence)'}
-  folder = pseudo_labels.write(source.path, name or _default_name(checkpoint),
+  folder = pseudo_labels.write(source.path, name or _default_name(workdir),
                                np.stack(soft), np.asarray(has_soft),
                                np.stack(class_probs) if class_probs else None, record)
   logging.info('pseudo-labelled %d of %d %s slices of %s with %s (step %d): %s',
-               int(np.sum(has_soft)), len(soft), pseudo_labels.SPLIT, dataset, checkpoint,
+               int(np.sum(has_soft)), len(soft), pseudo_labels.SPLIT, dataset, workdir,
                loaded.step, folder)
   return folder
 
 
-def _default_name(checkpoint: str) -> str:
-  return os.path.basename(os.path.normpath(os.path.abspath(checkpoint)))
+def _default_name(workdir: str) -> str:
+  return os.path.basename(os.path.normpath(os.path.abspath(workdir)))
 
 
 def _uncrop(prob, raw_image) -> np.ndarray:

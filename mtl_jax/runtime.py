@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax import checkpointing, config_loader, models, parallel
+from mtl_jax import checkpointing, models, parallel
+from mtl_jax.config import loader
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.data import preprocess
 from mtl_jax.errors import CheckpointError, ConfigError
@@ -57,44 +58,37 @@ class Runtime:
   def apply_fn(self, tta: bool = False, extras: bool = False):
     """(variables, images (B, S, S)) -> every task's predictions, unjitted.
 
-    `extras` adds what `predict` reports: per-class segmentation
-    probabilities (`seg_class_probs`, multi-class models), each slice's
-    reconstruction error (`recon_mse`) and encoder feature statistics
-    (`features`, for the out-of-distribution score). `tta` averages the segmentation and
-    class probabilities with those of the left-right flipped slice, and
-    derives the label maps from the averaged probabilities.
+    `extras` adds what `predict` reports: each task's `extras` (per-class
+    segmentation probabilities, each slice's reconstruction error) and the
+    encoder feature statistics (`features`, for the out-of-distribution
+    score). `tta` averages every task's `averaged` outputs with those of the
+    left-right flipped slice (`tasks.average`), which also derives the label
+    maps from the averaged probabilities.
     """
     model, tasks = self.model, self.tasks
-    multi = 'seg' in tasks and self.config.model.num_seg_classes > 1
 
-    def once(variables, images):
+    def once(variables, images, with_extras):
       outputs = model.apply(variables, images[..., None], train=False)
-      predictions = {}
+      predictions, extra_keys = {}, set()
       for task in tasks.values():
         predictions.update(task.predict(outputs))
-      if multi and (extras or tta):
-        predictions['seg_class_probs'] = jax.nn.softmax(
-            outputs['seg_logits'].astype(jnp.float32), axis=-1)
+        if with_extras:
+          more = task.extras(outputs, images)
+          predictions.update(more)
+          extra_keys.update(more)
       if extras:
         predictions['features'] = outputs['features']
-      return predictions
+      return predictions, extra_keys
 
     def apply(variables, images):
-      predictions = once(variables, images)
-      if extras and 'recon' in predictions:
-        predictions['recon_mse'] = jnp.mean(
-            (predictions['recon'][..., 0] - images) ** 2, axis=(1, 2))
+      # TTA averages the extras too (per-class maps make the label map).
+      predictions, extra_keys = once(variables, images, extras or tta)
       if tta:
-        flipped = once(variables, images[:, :, ::-1])
-        for key in ('seg_prob', 'seg_class_probs', 'cls_probs'):
-          if key in predictions:
-            other = flipped[key] if key == 'cls_probs' else flipped[key][:, :, ::-1]
-            predictions[key] = (predictions[key] + other) / 2
-        if 'seg' in tasks:
-          predictions['seg_labels'] = tasks['seg'].labels(
-              predictions['seg_class_probs'] if multi else predictions['seg_prob'])
-          if not extras:
-            predictions.pop('seg_class_probs', None)
+        flipped, _ = once(variables, images[:, :, ::-1], True)
+        predictions = tasks_lib.average(tasks, [predictions,
+                                                tasks_lib.flip_back(tasks, flipped)])
+        if not extras:
+          predictions = {k: v for k, v in predictions.items() if k not in extra_keys}
       return predictions
     return apply
 
@@ -137,7 +131,7 @@ def checkpoint_meta(config, step: int, source_stats: dict, built: dict | None = 
   """What evaluation and prediction need to rebuild and replay the model:
   the config, and the preprocessing (the builders' records in `built`, and
   training's own choices)."""
-  return {'config': json.loads(config_loader.to_json(config)),
+  return {'config': json.loads(loader.to_json(config)),
           'preprocessing': preprocess.settings_from_config(config, source_stats, built),
           'tasks': list(tasks_lib.enabled_tasks(config)),
           'data_iterator': {'step': int(step), 'sources': dict(config.data.sources)}}
@@ -196,10 +190,10 @@ def load(workdir: str, which: str = 'best', overrides=(), devices=None) -> Loade
   architecture (`checkpointing.check_compatible`).
   """
   meta, path = checkpointing.read_meta(workdir, which)
-  config = config_loader.from_dict(meta['config'])
-  config_loader.apply_overrides(config, list(overrides))
+  config = loader.from_dict(meta['config'])
+  loader.apply_overrides(config, list(overrides))
   checkpointing.check_compatible(meta['config'],
-                                 json.loads(config_loader.to_json(config)), workdir)
+                                 json.loads(loader.to_json(config)), workdir)
   found = checkpointing.kind_of(path)
   runtime = Runtime(config, devices)
   variables, meta = runtime.restore(workdir, found, step=checkpointing.step_of(path))

@@ -3,9 +3,13 @@
 A task is a `Task` subclass plus one `register` line. The model builds the
 shared encoder and calls each enabled task's `head`; training sums the
 tasks' `loss`; evaluation pools each task's `update`s in its `accumulator`
-and reports its `summarize`. A task is enabled by a positive
+and reports its `summarize`; prediction averages the outputs each task names
+in `averaged` over test-time flips (`flip_back` first for its `spatial` ones)
+and ensemble members (`average`), then asks the task for what follows from
+the averages (`from_averaged`: label maps). A task is enabled by a positive
 `config.loss.weights[NAME]`. Nothing else changes to add one
-(tests/test_tasks.py adds a toy fourth task in the test file alone).
+(tests/test_tasks.py adds a toy fourth task, trained, evaluated and
+predicted with TTA and an ensemble, in the test file alone).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ def register(cls):
 class Task:
   """The interface every task implements; see the module doc."""
   name: str = ''
+  # Prediction keys that are probabilities (or other means): test-time flips
+  # and ensemble members average them. The `spatial` ones are maps (B, H, W
+  # [, C]), flipped back left-right before they are averaged.
+  averaged: tuple = ()
+  spatial: tuple = ()
 
   def __init__(self, config):
     self.config = config
@@ -50,6 +59,18 @@ class Task:
   def predict(self, outputs) -> dict:
     """Eval outputs (probabilities, label maps) from the model's raw outputs."""
     raise NotImplementedError
+
+  def extras(self, outputs, images) -> dict:
+    """What `mtl-jax predict` reports beyond the eval outputs (per-slice
+    figures, per-class maps); none by default."""
+    del outputs, images
+    return {}
+
+  def from_averaged(self, predictions) -> dict:
+    """Outputs that follow from averaged ones (a label map from averaged
+    probabilities), after test-time flips or an ensemble; none by default."""
+    del predictions
+    return {}
 
   def train_inputs(self, images, rng):
     """The training input this task asks for (B, H, W); as is by default.
@@ -78,6 +99,7 @@ class Task:
 class SegmentationTask(Task):
   """Lesion segmentation: soft Dice (+ optional pixel CE) on examples with masks."""
   name = 'seg'
+  averaged = spatial = ('seg_prob', 'seg_class_probs')
 
   def __init__(self, config):
     super().__init__(config)
@@ -130,6 +152,27 @@ class SegmentationTask(Task):
       return {'seg_labels': self.labels(prob), 'seg_prob': prob}
     probs = jax.nn.softmax(logits, axis=-1)
     return {'seg_labels': self.labels(probs), 'seg_prob': 1.0 - probs[..., 0]}
+
+  @property
+  def multi_class(self) -> bool:
+    """GGO and consolidation apart (a label per class), not one lesion map."""
+    return self.num_seg_classes > 1
+
+  @property
+  def probability_key(self) -> str:
+    """The probabilities a study's mask is made from: per class (B, H, W, C)
+    for a multi-class model, else the lesion probability (B, H, W)."""
+    return 'seg_class_probs' if self.multi_class else 'seg_prob'
+
+  def extras(self, outputs, images):
+    del images
+    if not self.multi_class:
+      return {}
+    return {'seg_class_probs': jax.nn.softmax(
+        outputs['seg_logits'].astype(jnp.float32), axis=-1)}
+
+  def from_averaged(self, predictions):
+    return {'seg_labels': self.labels(predictions[self.probability_key])}
 
   def labels(self, probs):
     """The label map of lesion probabilities (B, H, W), or of per-class
@@ -203,6 +246,11 @@ class ReconstructionTask(Task):
   def predict(self, outputs):
     return {'recon': outputs['recon'].astype(jnp.float32)}
 
+  def extras(self, outputs, images):
+    """Each slice's reconstruction error (the older out-of-distribution score)."""
+    recon = outputs['recon'].astype(jnp.float32)[..., 0]
+    return {'recon_mse': jnp.mean((recon - images) ** 2, axis=(1, 2))}
+
   def accumulator(self):
     return metrics.ReconstructionAccumulator()
 
@@ -217,6 +265,7 @@ class ReconstructionTask(Task):
 class ClassificationTask(Task):
   """COVID-19 / normal / other: set-valued cross-entropy on labelled examples."""
   name = 'cls'
+  averaged = ('cls_probs',)
 
   def __init__(self, config):
     super().__init__(config)
@@ -263,6 +312,27 @@ def enabled_tasks(config) -> tuple:
 def make_tasks(config) -> dict:
   """Task name -> Task for every task the config trains (`enabled_tasks`)."""
   return {name: TASK_CLASSES[name](config) for name in enabled_tasks(config)}
+
+
+def flip_back(tasks: dict, predictions: dict) -> dict:
+  """Predictions of left-right flipped slices, with every task's spatial
+  outputs flipped back into the slices' own orientation."""
+  spatial = {key for task in tasks.values() for key in task.spatial}
+  return {k: v[:, :, ::-1] if k in spatial else v for k, v in predictions.items()}
+
+
+def average(tasks: dict, members: list) -> dict:
+  """The first member's predictions, with every task's `averaged` outputs
+  replaced by their mean over `members` (test-time flips already flipped
+  back, or an ensemble's models) and what follows from them recomputed."""
+  out = dict(members[0])
+  for task in tasks.values():
+    for key in task.averaged:
+      if key in out:
+        out[key] = sum(m[key] for m in members) / len(members)
+  for task in tasks.values():
+    out.update(task.from_averaged(out))
+  return out
 
 
 def total_loss(tasks: dict, outputs, batch, config):

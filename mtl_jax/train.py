@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtl_jax import checkpointing, config_loader, errors, evaluation, history, jsonio, parallel
+from mtl_jax import checkpointing, errors, evaluation, history, jsonio, parallel
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import tasks as tasks_lib
-from mtl_jax import stages, writers, xla_cpu
+from mtl_jax import writers, xla_cpu
+from mtl_jax.config import loader, stages
 from mtl_jax.data import pipeline
 
 
@@ -241,8 +242,8 @@ def _check_same_stage(config, stage_dir: str):
   except (OSError, ValueError) as e:
     raise errors.CheckpointError(f'{path}: the finished pre-training stage has no '
                                  f'readable config ({e}); use a new --workdir') from None
-  expected = json.loads(config_loader.to_json(stages.pretrain_config(config)))
-  differ = config_loader.differences(saved, expected, ignored=('preset',))
+  expected = json.loads(loader.to_json(stages.pretrain_config(config)))
+  differ = loader.differences(saved, expected, ignored=('preset',))
   if differ:
     raise errors.CheckpointError(
         f'{stage_dir} holds a pre-training stage of other settings ({", ".join(differ)}); '
@@ -253,14 +254,16 @@ def _run(config, workdir, trainer, built, interrupt_at_step, init_from):
   """The body of `train_and_evaluate`, once the workdir is locked."""
   lead = jax.process_index() == 0
   parallel.log_topology()
-  config_dict = json.loads(config_loader.to_json(config))
+  config_dict = json.loads(loader.to_json(config))
   for which in ('latest', 'best'):  # a best one without a latest one must fit too
     if checkpointing.select_step(workdir, which) is not None:
       saved, _ = checkpointing.read_meta(workdir, which)
       checkpointing.check_compatible(saved['config'], config_dict, workdir)
       checkpointing.check_same_data(saved, built, workdir)
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints,
-                                    config.train.best_metric)
+  ckpt = checkpointing.Checkpointer(
+      workdir, config.train.keep_checkpoints, config.train.best_metric,
+      best_hooks=(evaluation.ood_reference_hook(trainer.runtime, trainer.predict,
+                                                variables_of),))
   try:
     if ckpt.latest_step() is not None:
       state, _ = ckpt.restore(trainer.restore_target())
@@ -328,11 +331,7 @@ def _run(config, workdir, trainer, built, interrupt_at_step, init_from):
         writer.write_scalars(step, scalars)
         if lead:
           history.append(workdir, step, scalars)
-        outcome = ckpt.update_best(step, state, lambda: dict(
-            meta_at(step), ood_reference=evaluation.reference_recon_errors(
-                trainer.runtime, trainer.predict, variables_of(state), held_out=held_out),
-            ood_features=evaluation.reference_features(trainer.runtime, variables_of(state),
-                                                       held_out=held_out)), results)
+        outcome = ckpt.update_best(step, state, meta_at(step), results, held_out)
         if outcome == 'revalidated':
           logging.info('best/%d re-validated by the replay: kept', step)
         elif outcome == 'undefined':

@@ -27,7 +27,9 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / 'shared' / 'data'
+# The public CT samples beside the development checkout (or MTL_MANUAL_DIR,
+# the builders' own setting for where the releases are).
+SHARED_DATA = pathlib.Path(os.environ.get('MTL_MANUAL_DIR') or REPO.parent / 'shared' / 'data')
 
 
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
@@ -44,10 +46,50 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.shared_data)
 
 
+# -- the fast tier (`make test-fast`: `-m "not slow"`) ----------------------
+# The fast tier trains one model: the shared 2-step `model_dir` below, which
+# the predict and report tests read. A test that trains any other model (in
+# this process, or through the CLI in a subprocess) carries `slow`. In the
+# fast tier, training in this process from an unmarked test fails at once and
+# names the marker, so the tier cannot grow slow unnoticed (checked where the
+# loop starts, `train._run`, so a run refused before it, e.g. for a missing
+# dataset, is no training); training in a subprocess (kill/resume,
+# multi-host, sweeps) is marked by hand.
+_fast_tier = False
+_current_item = None
+_training_shared_model = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """The test whose set-up or call is running (its fixtures train for it)."""
+  global _current_item
+  _current_item = item
+
+
+def pytest_configure(config):
+  global _fast_tier
+  _fast_tier = 'not slow' in (config.option.markexpr or '')
+  if not _fast_tier:
+    return
+  from mtl_jax import train  # pylint: disable=g-import-not-at-top
+  real = train._run  # pylint: disable=protected-access
+
+  def checked(run_config, *args, **kwargs):
+    item = _current_item
+    if not _training_shared_model and item is not None and not item.get_closest_marker('slow'):
+      pytest.fail(f'{item.nodeid} trains a model ({run_config.preset}) without '
+                  '@pytest.mark.slow: mark it, or use the shared `model_dir` fixture',
+                  pytrace=False)
+    return real(run_config, *args, **kwargs)
+  train._run = checked  # pylint: disable=protected-access
+
+
 @pytest.fixture(scope='session')
 def shared_data() -> pathlib.Path:
   """../shared/data, or a skip (a failure when MTL_REQUIRE_SHARED=1, as in CI)."""
   if (SHARED_DATA / 'README.md').exists():
+    os.environ.setdefault('MTL_MANUAL_DIR', str(SHARED_DATA))  # builders read it by default
     return SHARED_DATA
   reason = (f'real CT samples not found at {SHARED_DATA} (only present beside '
             'the development checkout)')
@@ -59,7 +101,7 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory) -> str:
   """A small synthetic_ct build at 64 px, shared by the end-to-end tests."""
-  from tfds_builders import registry
+  from mtl_jax.tfds_builders import registry
   data_dir = str(tmp_path_factory.mktemp('data'))
   registry.build_dataset('synthetic_ct', data_dir, 64, num_train=64,
                          num_validation=32, num_test=32)
@@ -68,8 +110,8 @@ def synthetic_data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture
 def tiny_config(synthetic_data_dir):
-  from mtl_jax import config_loader
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
+  from mtl_jax.config import loader
+  config = loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
   config.data.data_dir = synthetic_data_dir
   return config
 
@@ -77,14 +119,20 @@ def tiny_config(synthetic_data_dir):
 @pytest.fixture(scope='session')
 def model_dir(synthetic_data_dir, tmp_path_factory):
   """A tiny three-task model trained for 2 steps (with its OOD reference)."""
-  from mtl_jax import config_loader, train
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
+  from mtl_jax import train
+  from mtl_jax.config import loader
+  config = loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
   config.data.data_dir = synthetic_data_dir
   config.train.num_train_steps = 2
   config.train.eval_every_steps = config.train.checkpoint_every_steps = 2
   config.eval.bootstrap_resamples = 0
   workdir = str(tmp_path_factory.mktemp('model'))
-  train.train_and_evaluate(config, workdir)
+  global _training_shared_model
+  _training_shared_model = True
+  try:
+    train.train_and_evaluate(config, workdir)
+  finally:
+    _training_shared_model = False
   return workdir
 
 

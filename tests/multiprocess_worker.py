@@ -23,14 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_jax import checkpointing, config_loader, distributed, parallel, train  # noqa: E402
+from mtl_jax import checkpointing, distributed, parallel, train  # noqa: E402
+from mtl_jax.config import loader  # noqa: E402
 
 nproc, pid = int(nproc), int(pid)
 if nproc > 1:
   distributed.initialize(f'127.0.0.1:{port}', nproc, pid,
                          timeout_s=int(os.environ.get('MTL_TEST_JOIN_TIMEOUT', '60')))
 repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-config = config_loader.load_config(f'{repo}/configs/default.py:tiny')
+config = loader.load_config(f'{repo}/configs/default.py:tiny')
 config.data.data_dir = data_dir
 config.train.num_train_steps = 3
 config.train.log_every_steps = 1

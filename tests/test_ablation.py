@@ -181,7 +181,8 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   """configs/quality.py: an arm is a preset plus its own overrides (the
   recipe's ingredients it switches off); they reach its commands, the root's
   record and the check that refuses runs made with other settings."""
-  from mtl_jax import ablation, config_loader  # pylint: disable=g-import-not-at-top
+  from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
   from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   plan = ablation.load_plan(str(REPO / 'configs' / 'quality.py'))
   root = str(tmp_path / 'quality')
@@ -223,7 +224,7 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   # A pseudo_masks run trained without the arm's weight is someone else's run.
   for run, weight in ((pseudo, 0.5), (ablation.Run('pseudo_masks', 1, os.path.join(
       root, 'pseudo_masks', 'seed_1')), 0.0)):
-    config = config_loader.load_config(
+    config = loader.load_config(
         f'{plan["config"]}:cpu', ablation.overrides(plan, run)[:-1] + [
             f'--config.seed={run.seed}', f'--config.loss.pseudo_weight={weight}'])
     os.makedirs(run.workdir)
@@ -233,7 +234,7 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   resized = ablation.Run('resize_256', 0, os.path.join(root, 'resize_256', 'seed_0'))
   os.makedirs(resized.workdir)
   with open(os.path.join(resized.workdir, 'config.json'), 'w') as f:
-    f.write(config_loader.to_json(config_loader.load_config(
+    f.write(loader.to_json(loader.load_config(
         f'{plan["config"]}:cpu', ablation.overrides(plan, resized))))
   assert ablation.foreign_folders(plan, root) == [
       'pseudo_masks/seed_1 (loss.pseudo_weight differ)']
@@ -243,7 +244,7 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
   # checkpoint's rule (runs are compared at their last step), is not.
   def base_run(seed, edit):
     run = ablation.Run('base', seed, os.path.join(root, 'base', f'seed_{seed}'))
-    saved = config_loader.load_config(f'{plan["config"]}:cpu',
+    saved = loader.load_config(f'{plan["config"]}:cpu',
                                       ablation.overrides(plan, run)).to_dict()
     edit(saved)
     os.makedirs(run.workdir)
@@ -262,12 +263,14 @@ def test_an_arm_with_its_own_overrides_is_run_recorded_and_checked_with_them(tmp
       'pseudo_masks/seed_1 (loss.pseudo_weight differ)']
 
 
+@pytest.mark.slow
 def test_the_arms_of_a_seed_share_one_finished_pretraining_stage(tmp_path, synthetic_data_dir):
   """With `train.pretrain_steps`, every arm of a seed would train the same
   stage first: the sweep links a finished identical one (`same_finished_stage`),
   whether another arm's WORKDIR/pretrain or a plan's standalone pretrain run."""
   import shutil  # pylint: disable=g-import-not-at-top
-  from mtl_jax import ablation, config_loader, stages, train  # pylint: disable=g-import-not-at-top
+  from mtl_jax import ablation, train  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader, stages  # pylint: disable=g-import-not-at-top
   plan = ablation.load_plan(str(REPO / 'configs' / 'ablation.py') + ':tiny')
   plan['overrides'].update({'data.data_dir': synthetic_data_dir, 'train.pretrain_steps': 4})
   root = str(tmp_path / 'ablation')
@@ -275,7 +278,7 @@ def test_the_arms_of_a_seed_share_one_finished_pretraining_stage(tmp_path, synth
   same = lambda p, r: ablation.same_finished_stage(p, r, [root])
   full0, seg0 = run('full', 0), run('seg_only', 0)
   assert same(plan, seg0) is None  # nothing trained yet
-  stage = stages.pretrain_config(config_loader.load_config(
+  stage = stages.pretrain_config(loader.load_config(
       f'{plan["config"]}:{plan["arms"]["full"]}', ablation.overrides(plan, full0)))
   stage_dir = os.path.join(full0.workdir, stages.PRETRAIN_DIR)
   train.train_and_evaluate(stage, stage_dir, interrupt_at_step=3)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from mtl_jax.data import datasets, features
 from mtl_jax.data.readers import BadInputError
-from tfds_builders import registry
+from mtl_jax.tfds_builders import registry
 
 SIZE = 64
 # RAS voxel -> mm for data stored LPS-flipped with axes (y, x, z) swapped.
@@ -379,6 +379,7 @@ def test_ct_folder_nifti_and_dicom_agree_and_split_by_patient(tmp_path):
   assert _metadata(path)['splits']['test']['patients'] == 1
 
 
+@pytest.mark.slow
 def test_ct_folder_readme_commands_build_and_train(tmp_path, capsys):
   """README's "Bring your own CT": build-data ct_folder, then train on it
   alone by replacing the sources mapping from the command line."""
@@ -489,6 +490,7 @@ def test_real_covid_ct_official_lists(shared_data, tmp_path_factory):
   _no_patient_in_two_splits(splits)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores
 def test_real_slice_sources(shared_data, tmp_path_factory):
   expected = {'mosmed': {0: 810, 1: 254}, 'sars_cov2_ct': {0: 250, 2: 250},
               'china_negative': {1: 286}, 'covid19_ct_seg': {0: 1600}}
@@ -507,7 +509,7 @@ def test_real_slice_sources(shared_data, tmp_path_factory):
 
 def test_cross_validation_folds_hold_out_disjoint_groups():
   from mtl_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from tfds_builders import common  # pylint: disable=g-import-not-at-top
+  from mtl_jax.tfds_builders import common  # pylint: disable=g-import-not-at-top
   groups = [f'slice_{i:02d}' for i in range(50)]
   held = [{g for g, s in common.split_by_permutation(groups, {'validation': 0.2}, 0, fold)
            .items() if s == 'validation'} for fold in range(5)]

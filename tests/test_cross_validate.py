@@ -12,9 +12,10 @@ SCRIPT = [sys.executable, str(REPO / 'bench' / 'cross_validate.py'),
 
 def _keep_fold(kept, root, fold, **config_changes):
   """A fold's kept results as --keep_results writes them: config and evaluation."""
-  from mtl_jax import config_loader, jsonio  # pylint: disable=g-import-not-at-top
+  from mtl_jax import jsonio  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
   data = root / f'data_fold_{fold}'
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py:tiny'),
+  config = loader.load_config(str(REPO / 'configs' / 'default.py:tiny'),
                                      [f'--config.data.data_dir={data}'])
   config.update_from_flattened_dict(config_changes)
   folder = kept / f'fold_{fold}'

@@ -2,9 +2,12 @@
 
 import os
 
+import pytest
+
 from mtl_jax import cli
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_prints_the_results_table(synthetic_data_dir, tmp_path, capsys):
   workdir = tmp_path / 'demo'
   code = cli.main(['demo', '--workdir', str(workdir), '--config', 'configs/default.py:tiny',

@@ -41,7 +41,7 @@ def test_ensemble_from_the_cli_reports_every_member(model_dir, tmp_path):
   copy = tmp_path / 'copy'
   shutil.copytree(model_dir, copy)
   for out, checkpoints in (('one', [model_dir]), ('two', [model_dir, str(copy)])):
-    assert cli.main(['predict', '--checkpoint', *checkpoints, '--input',
+    assert cli.main(['predict', '--workdir', *checkpoints, '--input',
                      str(tmp_path / 'study.nii.gz'), '--output', str(tmp_path / out)]) == 0
   one, two = (json.loads((tmp_path / o / 'report.json').read_text()) for o in ('one', 'two'))
   assert [m['workdir'] for m in two['checkpoint']['members']] == [
@@ -68,7 +68,7 @@ def test_members_that_differ_are_refused_in_one_line(model_dir, tmp_path, capsys
     json.dump(meta, f)
   with pytest.raises(predict.EnsembleMismatchError, match='window_hu'):
     predict.Predictor([model_dir, str(other)])
-  code = cli.main(['predict', '--checkpoint', model_dir, str(other), '--input',
+  code = cli.main(['predict', '--workdir', model_dir, str(other), '--input',
                    str(tmp_path / 'study.nii.gz'), '--output', str(tmp_path / 'out')])
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1
@@ -76,6 +76,6 @@ def test_members_that_differ_are_refused_in_one_line(model_dir, tmp_path, capsys
   assert not (tmp_path / 'out').exists()
   # A member without a model fails before anything is built, as a single one does.
   (tmp_path / 'empty').mkdir()
-  assert cli.main(['predict', '--checkpoint', model_dir, str(tmp_path / 'empty'), '--input',
+  assert cli.main(['predict', '--workdir', model_dir, str(tmp_path / 'empty'), '--input',
                    str(tmp_path / 'study.nii.gz'), '--output', str(tmp_path / 'out')]) == 2
   assert 'empty' in capsys.readouterr().err

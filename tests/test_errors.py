@@ -5,14 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from mtl_jax import checkpointing, cli, config_loader, errors, predict, volume_io
+from mtl_jax import checkpointing, cli, errors, predict, volume_io
+from mtl_jax.config import loader
 from mtl_jax.data import datasets, readers
 from test_builders import _medseg_slices
-from tfds_builders import registry
+from mtl_jax.tfds_builders import registry
 
 
 def test_every_user_facing_error_is_a_user_error():
-  for cls in (config_loader.ConfigError, readers.BadInputError, volume_io.InputNotFoundError,
+  for cls in (loader.ConfigError, readers.BadInputError, volume_io.InputNotFoundError,
               datasets.DatasetNotFoundError, checkpointing.CheckpointError,
               predict.NoModelError, errors.TrainingDivergedError, errors.DistributedError):
     assert issubclass(cls, errors.UserError), cls
@@ -103,7 +104,7 @@ def test_bad_window_and_stray_overrides_are_one_line(tmp_path, capsys):
   assert cli.main(['build-data', 'synthetic_ct', '--data_dir', str(tmp_path),
                    '--window_hu', '400', '-1000']) == 2
   assert 'LOW must be below HIGH' in capsys.readouterr().err
-  assert cli.main(['predict', '--checkpoint', str(tmp_path), '--input', str(tmp_path),
+  assert cli.main(['predict', '--workdir', str(tmp_path), '--input', str(tmp_path),
                    '--output', str(tmp_path / 'o'), '--config.eval.batch_size=4']) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and 'takes no --config.KEY=VALUE' in err

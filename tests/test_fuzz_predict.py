@@ -269,7 +269,7 @@ def test_fuzzed_inputs_refused_in_one_line_or_predicted(fuzz_predictor, monkeypa
   failures, outcomes = [], {0: 0, 2: 0}
   for i, (path, must_fail, what) in enumerate(cases):
     out = tmp_path / 'out' / f'{i:03d}'
-    code = cli.main(['predict', '--checkpoint', workdir, '--input', str(path),
+    code = cli.main(['predict', '--workdir', workdir, '--input', str(path),
                      '--output', str(out)])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()

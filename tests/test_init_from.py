@@ -12,9 +12,9 @@ from mtl_jax import errors, runtime, train
 @pytest.fixture(scope='module')
 def pretrained(synthetic_data_dir, tmp_path_factory):
   """A reconstruction-only run (encoder + reconstruction decoder), 2 steps."""
-  from mtl_jax import config_loader  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
   from conftest import REPO  # pylint: disable=g-import-not-at-top
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
+  config = loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
   config.data.data_dir = synthetic_data_dir
   config.loss.weights = {'seg': 0.0, 'recon': 1.0, 'cls': 0.0}
   config.train.best_metric = 'recon_psnr'
@@ -25,6 +25,7 @@ def pretrained(synthetic_data_dir, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_matching_parameters_load_and_the_rest_are_fresh(pretrained, tiny_config, caplog):
   tiny_config.init_from = pretrained
   trainer = train.Trainer(tiny_config)
@@ -45,6 +46,7 @@ def test_matching_parameters_load_and_the_rest_are_fresh(pretrained, tiny_config
   assert 'classifier, seg_decoder' in message
 
 
+@pytest.mark.slow
 def test_fine_tuning_run_trains_from_them(pretrained, tiny_config, tmp_path, caplog):
   tiny_config.init_from = pretrained
   tiny_config.train.num_train_steps = 2
@@ -60,6 +62,7 @@ def test_fine_tuning_run_trains_from_them(pretrained, tiny_config, tmp_path, cap
   assert sweep['dice'][at] == pytest.approx(results['dice'])
 
 
+@pytest.mark.slow
 def test_another_architecture_or_no_model_is_one_line(pretrained, tiny_config, tmp_path):
   tiny_config.model.widths = (4, 8)
   trainer = train.Trainer(tiny_config)

@@ -96,7 +96,7 @@ def refuse(monkeypatch, tmp_path, capsys):
 
   def check(path, *reasons, name=None):
     out = tmp_path / 'never' / 'out'
-    code = cli.main(['predict', '--checkpoint', str(tmp_path), '--input', str(path),
+    code = cli.main(['predict', '--workdir', str(tmp_path), '--input', str(path),
                      '--output', str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2, err

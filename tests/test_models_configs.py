@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from mtl_jax import config_loader, models
+from mtl_jax import models
+from mtl_jax.config import ingredients, loader, schema
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.models import Upsample2x
 
@@ -19,7 +19,7 @@ from conftest import REPO
 
 def _tiny_model(tasks=('seg', 'recon', 'cls'), num_seg_classes=1, norm='batch',
                 uncertainty_weighting=False):
-  config = default.get_config('tiny')
+  config = schema.get_config('tiny')
   config.model.update(widths=(4, 8), bottleneck=8, cls_hidden=(8,),
                       num_seg_classes=num_seg_classes, norm=norm)
   config.loss.uncertainty_weighting = uncertainty_weighting
@@ -93,16 +93,16 @@ def test_group_norm_and_uncertainty_weighting():
 
 
 def test_paper_size_parameter_count():
-  config = default.get_config('full')
+  config = schema.get_config('full')
   model = models.build_model(config, tasks_lib.make_tasks(config))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 1)))
   count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes['params']))
   assert count == 10_160_037  # the figure the README states
 
 
-@pytest.mark.parametrize('preset', default.PRESETS + ('seg_only,demo', 'no_recon,tiny'))
+@pytest.mark.parametrize('preset', schema.PRESETS + ('seg_only,demo', 'no_recon,tiny'))
 def test_every_preset_loads(preset):
-  config = config_loader.load_config(f'{REPO}/configs/default.py:{preset}')
+  config = loader.load_config(f'{REPO}/configs/default.py:{preset}')
   assert config.preset == preset
   tasks = tasks_lib.make_tasks(config)
   model = models.build_model(config, tasks)
@@ -118,19 +118,19 @@ def test_every_preset_loads(preset):
 
 @pytest.mark.parametrize('name', ['gpu8.py', 'tpu.py'])
 def test_hardware_configs_are_deltas(name):
-  config = config_loader.load_config(f'{REPO}/configs/{name}')
-  base = default.get_config()
+  config = loader.load_config(f'{REPO}/configs/{name}')
+  base = schema.get_config()
   assert config.model.widths == base.model.widths
   assert config.train.global_batch_size > base.train.global_batch_size
 
 
 def test_unknown_preset_lists_valid_ones():
-  with pytest.raises(config_loader.ConfigError, match='valid presets: full, demo'):
-    config_loader.load_config(f'{REPO}/configs/default.py:huge')
+  with pytest.raises(loader.ConfigError, match='valid presets: full, demo'):
+    loader.load_config(f'{REPO}/configs/default.py:huge')
 
 
 def test_overrides_parse_and_validate():
-  config = config_loader.load_config(
+  config = loader.load_config(
       f'{REPO}/configs/default.py:tiny',
       ['--config.optim.learning_rate=0.5', '--config.model.widths=(4,8)',
        '--config.model.norm=group', '--config.train.progress_bar=true'])
@@ -138,26 +138,26 @@ def test_overrides_parse_and_validate():
   assert config.model.widths == (4, 8)
   assert config.model.norm == 'group'
   assert config.train.progress_bar is True
-  with pytest.raises(config_loader.ConfigError, match='unknown config key .*valid keys'):
-    config_loader.load_config(f'{REPO}/configs/default.py', ['--config.optim.lr=1'])
-  with pytest.raises(config_loader.ConfigError, match='cannot parse .abc.'):
-    config_loader.load_config(f'{REPO}/configs/default.py',
+  with pytest.raises(loader.ConfigError, match='unknown config key .*valid keys'):
+    loader.load_config(f'{REPO}/configs/default.py', ['--config.optim.lr=1'])
+  with pytest.raises(loader.ConfigError, match='cannot parse .abc.'):
+    loader.load_config(f'{REPO}/configs/default.py',
                               ['--config.train.num_train_steps=abc'])
-  with pytest.raises(config_loader.ConfigError, match='expected a int'):
-    config_loader.load_config(f'{REPO}/configs/default.py',
+  with pytest.raises(loader.ConfigError, match='expected a int'):
+    loader.load_config(f'{REPO}/configs/default.py',
                               ['--config.train.num_train_steps=1.5'])
 
 
 def test_overrides_of_name_to_weight_mappings():
   """README's bring-your-own-CT command replaces the training sources
   wholesale; an entry can also be added or reweighted on its own."""
-  config = config_loader.load_config(
+  config = loader.load_config(
       f'{REPO}/configs/default.py',
       ["--config.data.sources={'ct_folder': 1}", "--config.data.eval_sources=('ct_folder',)"])
   assert dict(config.data.sources) == {'ct_folder': 1.0}
   assert isinstance(config.data.sources.ct_folder, float)
   assert config.data.eval_sources == ('ct_folder',)
-  config = config_loader.load_config(
+  config = loader.load_config(
       f'{REPO}/configs/default.py',
       ['--config.data.sources.mosmed=0.5', '--config.loss.weights.recon=0'])
   assert dict(config.data.sources) == {'synthetic_ct': 1.0, 'mosmed': 0.5}
@@ -165,35 +165,35 @@ def test_overrides_of_name_to_weight_mappings():
   for bad, match in (("--config.data.sources=['ct_folder']", 'mapping of names to weights'),
                      ("--config.data.sources={'ct_folder': 'high'}", 'expected a number'),
                      ('--config.loss.weights.seg=true', 'expected a number')):
-    with pytest.raises(config_loader.ConfigError, match=match):
-      config_loader.load_config(f'{REPO}/configs/default.py', [bad])
+    with pytest.raises(loader.ConfigError, match=match):
+      loader.load_config(f'{REPO}/configs/default.py', [bad])
 
 
 def test_missing_and_malformed_config_files(tmp_path):
-  with pytest.raises(config_loader.ConfigError, match='not found'):
-    config_loader.load_config(str(tmp_path / 'nope.py'))
+  with pytest.raises(loader.ConfigError, match='not found'):
+    loader.load_config(str(tmp_path / 'nope.py'))
   bad = tmp_path / 'bad.py'
   bad.write_text('def get_config(:\n')
-  with pytest.raises(config_loader.ConfigError, match='malformed'):
-    config_loader.load_config(str(bad))
+  with pytest.raises(loader.ConfigError, match='malformed'):
+    loader.load_config(str(bad))
 
 
 @pytest.mark.parametrize('preset', ['cpu', 'gpu', 'cpu,tiny'])
 def test_real_data_presets_load(preset):
-  config = config_loader.load_config(f'{REPO}/configs/real.py:{preset}')
+  config = loader.load_config(f'{REPO}/configs/real.py:{preset}')
   assert set(config.data.sources) == set(config.data.eval_sources)
   assert config.data.input_kind == '8bit'
   assert abs(sum(config.data.sources.values()) - 1.0) < 1e-6
-  with pytest.raises(config_loader.ConfigError, match='give one of cpu, gpu'):
-    config_loader.load_config(f'{REPO}/configs/real.py:tpu')
+  with pytest.raises(loader.ConfigError, match='give one of cpu, gpu'):
+    loader.load_config(f'{REPO}/configs/real.py:tpu')
 
 
 def test_saved_config_gains_new_fields_but_keeps_its_values():
   """A checkpoint written before a config field existed still loads."""
-  saved = json.loads(config_loader.to_json(default.get_config('tiny')))
+  saved = json.loads(loader.to_json(schema.get_config('tiny')))
   del saved['data']['standardize'], saved['data']['balance_classes']
   saved['data']['sources'] = {'medseg_covid': 1.0}
-  config = config_loader.from_dict(saved)
+  config = loader.from_dict(saved)
   assert config.data.standardize == 'none' and config.data.balance_classes is False
   assert dict(config.data.sources) == {'medseg_covid': 1.0}  # not merged with defaults
   assert tuple(config.model.widths) == tuple(saved['model']['widths'])
@@ -201,21 +201,21 @@ def test_saved_config_gains_new_fields_but_keeps_its_values():
 
 
 def test_saved_config_is_never_completed_from_todays_defaults():
-  saved = json.loads(config_loader.to_json(default.get_config('tiny')))
+  saved = json.loads(loader.to_json(schema.get_config('tiny')))
   # A field with no recorded old value: refused, not filled with today's value.
   del saved['train']['best_metric']
-  with pytest.raises(config_loader.ConfigError, match='lacks train.best_metric'):
-    config_loader.from_dict(saved)
+  with pytest.raises(loader.ConfigError, match='lacks train.best_metric'):
+    loader.from_dict(saved)
   # The oldest format: a single eval_source, none of the later fields.
-  saved = json.loads(config_loader.to_json(default.get_config('tiny')))
+  saved = json.loads(loader.to_json(schema.get_config('tiny')))
   saved['data']['eval_source'] = saved['data'].pop('eval_sources')[0]
-  for key in config_loader.LEGACY_DEFAULTS:
+  for key in loader.LEGACY_DEFAULTS:
     *sections, field = key.split('.')
     node = saved
     for section in sections:
       node = node[section]
     del node[field]
-  config = config_loader.from_dict(saved)
+  config = loader.from_dict(saved)
   assert tuple(config.data.eval_sources) == ('synthetic_ct',)
   assert config.data.input_kind == 'hu' and config.data.lung_crop is False
   assert 'data.eval_source -> data.eval_sources' in config.legacy_fields
@@ -237,7 +237,7 @@ def test_train_step_compiler_options_only_on_cpu_and_never_over_the_user():
   assert xla_cpu.train_compiler_options(mine, 'cpu') == {}
   # The train step compiles with them: its convolutions are not YNNPACK fusions,
   # the eval step's are.
-  config = default.get_config('tiny')
+  config = schema.get_config('tiny')
   config.train.global_batch_size = config.eval.batch_size = 8
   trainer = train.Trainer(config)
   state = trainer.init(jax.random.key(0))
@@ -257,7 +257,7 @@ def test_train_step_compiler_options_do_not_change_what_is_learned(monkeypatch):
   same batches give the same losses and parameters (float tolerance), so the
   faster variant trains to the same quality."""
   from mtl_jax import parallel, train  # pylint: disable=g-import-not-at-top
-  config = default.get_config('tiny')
+  config = schema.get_config('tiny')
   config.train.global_batch_size = 8
   rng = np.random.default_rng(0)
   size = config.data.image_size
@@ -290,20 +290,21 @@ def test_no_unlabelled_switches_off_what_the_recipe_learns_from_unlabelled_data(
   """real.py:cpu keeps the Inf-Net pseudo masks, so the ablation has a
   `no_unlabelled` arm, and its config has none of them left (normal slices
   as lesion-free stay: they are labelled)."""
-  from configs import ablation, real
+  ablation = loader.load_module(f'{REPO}/configs/ablation.py')
+  real = loader.load_module(f'{REPO}/configs/real.py')
   recipe = real.get_config('cpu')
-  assert default.uses_unlabelled(recipe)
+  assert ingredients.uses_unlabelled(recipe)
   assert (recipe.loss.pseudo_weight, recipe.loss.normal_no_lesion_weight) == (0.5, 1.0)
   arm = ablation.arms()[-1]
-  assert arm == ('no_unlabelled', 'cpu,no_unlabelled', default.UNLABELLED_OFF)
+  assert arm == ('no_unlabelled', 'cpu,no_unlabelled', ingredients.UNLABELLED_OFF)
   # A plan that switches the ingredient off for every arm has no such arm.
   assert 'no_unlabelled' not in [a[0] for a in ablation.arms((('loss.pseudo_weight', 0.0),))]
   ablated = real.get_config('cpu,no_unlabelled')
   assert ablated.preset == 'real:cpu,no_unlabelled'
-  assert not default.uses_unlabelled(ablated) and ablated.loss.normal_no_lesion_weight == 1.0
+  assert not ingredients.uses_unlabelled(ablated) and ablated.loss.normal_no_lesion_weight == 1.0
   more = real.get_config('cpu')
   more.data.pseudo_labels, more.init_from = 'round1', 'runs/pretrain'
-  default.drop_unlabelled(more)
+  ingredients.drop_unlabelled(more)
   ablated.preset = more.preset
   assert ablated.to_dict() == more.to_dict()
 
@@ -312,10 +313,10 @@ def test_the_pretrain_preset_is_the_stage_the_recipe_derives():
   """`real.py:cpu,pretrain` trained standalone is the stage that
   `train.pretrain_steps` would train first (so either can stand for the
   other): none of the three-task stage's ingredients."""
-  from configs import real
-  from mtl_jax import stages
+  real = loader.load_module(f'{REPO}/configs/real.py')
+  from mtl_jax.config import stages
   recipe = real.get_config('cpu')
   recipe.train.pretrain_steps = 1000
   derived = stages.pretrain_config(recipe).to_dict()
   standalone = real.get_config('cpu,pretrain').to_dict()
-  assert config_loader.differences(standalone, derived, ('preset',)) == []
+  assert loader.differences(standalone, derived, ('preset',)) == []

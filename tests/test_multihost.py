@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+# Every test here trains or restores in several processes.
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
 
 

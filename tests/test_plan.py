@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 
-PLAN = [sys.executable, '-m', 'mtl_jax', 'plan']
+PLAN = [sys.executable, '-m', 'mtl_jax', 'estimate']
 
 
 def _plan(*args, timeout=600):

@@ -299,7 +299,7 @@ def test_end_to_end_report_schema_with_cli(model_dir, tmp_path, capsys):
   vol, _ = synthetic_volume(size=64, n=5, seed=2)
   stored = oblique_nifti(tmp_path / 'study.nii.gz', vol, (5.6, 5.6, 5.0), ('L', 'P', 'S'))
   out = tmp_path / 'result'
-  assert cli.main(['predict', '--checkpoint', model_dir, '--input',
+  assert cli.main(['predict', '--workdir', model_dir, '--input',
                    str(tmp_path / 'study.nii.gz'), '--output', str(out), '--tta',
                    '--save_probability', '--batch_size', '3']) == 0
   assert 'study' in capsys.readouterr().out
@@ -334,7 +334,7 @@ def test_end_to_end_report_schema_with_cli(model_dir, tmp_path, capsys):
   overview = Image.open(out / 'overview.png')
   assert overview.mode == 'RGB' and overview.height > 256
   # A second run replaces the earlier output folder atomically.
-  assert cli.main(['predict', '--checkpoint', model_dir, '--input',
+  assert cli.main(['predict', '--workdir', model_dir, '--input',
                    str(tmp_path / 'study.nii.gz'), '--output', str(out)]) == 0
   assert 'lesion_probability.nii.gz' not in os.listdir(out)
   assert not [p for p in os.listdir(tmp_path) if p.startswith('.result')]
@@ -480,7 +480,7 @@ def test_bad_inputs_one_line_error_and_output_untouched(model_dir, tmp_path, cap
   (previous / 'report.json').write_text('{"earlier": true}')
   for name, reason in cases.items():
     for out in (tmp_path / 'new' / 'out', previous):
-      code = cli.main(['predict', '--checkpoint', model_dir, '--input',
+      code = cli.main(['predict', '--workdir', model_dir, '--input',
                        str(tmp_path / name), '--output', str(out)])
       err = capsys.readouterr().err.strip()
       assert code == 2, name
@@ -491,7 +491,7 @@ def test_bad_inputs_one_line_error_and_output_untouched(model_dir, tmp_path, cap
       assert (previous / 'report.json').read_text() == '{"earlier": true}'
   # A checkpoint folder without a model.
   (tmp_path / 'no_model').mkdir()
-  code = cli.main(['predict', '--checkpoint', str(tmp_path / 'no_model'), '--input',
+  code = cli.main(['predict', '--workdir', str(tmp_path / 'no_model'), '--input',
                    str(tmp_path / 'vol.nii.gz'), '--output', str(previous)])
   err = capsys.readouterr().err.strip()
   assert code == 2 and 'no_model' in err and 'no checkpoint' in err

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_jax import checkpointing, cli, config_loader, errors, predict, runtime, volume_io
+from mtl_jax import checkpointing, cli, errors, predict, runtime, volume_io
+from mtl_jax.config import loader
 from mtl_jax.data import pipeline, preprocess, synthetic
-from tfds_builders import registry
+from mtl_jax.tfds_builders import registry
 
 from conftest import REPO
 
@@ -18,7 +19,7 @@ WINDOW = (-1350.0, 150.0)  # not the default lung window
 
 
 def _tiny(data_dir, **data):
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
+  config = loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny')
   config.data.data_dir = str(data_dir)
   for key, value in data.items():  # replace, not merge (sources is a mapping)
     setattr(config.data, key, value)
@@ -28,6 +29,7 @@ def _tiny(data_dir, **data):
   return config
 
 
+@pytest.mark.slow
 def test_the_built_window_is_trained_and_replayed(tmp_path, capsys):
   data_dir = tmp_path / 'data'
   registry.build_dataset('synthetic_ct', str(data_dir), 64, num_train=16,
@@ -64,12 +66,13 @@ def test_the_built_window_is_trained_and_replayed(tmp_path, capsys):
     registry.build_dataset('synthetic_ct', str(data_dir), 64, window_hu=(-1000.0, 400.0))
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_agree_on_the_same_slices(tmp_path):
   """The same PNG slices through `evaluate`'s path (built dataset, pipeline)
   and `predict`'s (file, replay) give the same class probabilities. With
   'per_image' standardisation (what a single scan allows) they agree to the
   uint16 storage of built slices; 'per_source' would differ by design
-  (README: predict standardises a study by its own statistics)."""
+  (docs/data.md: predict standardises a study by its own statistics)."""
   rng = np.random.default_rng(0)
   root = tmp_path / 'sars'
   for i in range(8):

@@ -7,7 +7,7 @@ import pytest
 
 from mtl_jax import losses, parallel, tasks, train
 from mtl_jax.data import augment, pipeline, synthetic
-from tfds_builders import registry
+from mtl_jax.tfds_builders import registry
 from test_builders import _save
 
 

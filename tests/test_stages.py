@@ -50,8 +50,9 @@ def private_data(tiny_config, tmp_path):
 # --- self-training --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pseudo_label_command_then_a_student(model_dir, tiny_config, private_data, tmp_path):
-  assert cli.main(['pseudo-label', '--checkpoint', model_dir, '--dataset', 'synthetic_ct',
+  assert cli.main(['pseudo-label', '--workdir', model_dir, '--dataset', 'synthetic_ct',
                    '--data_dir', private_data, '--name', 'round1']) == 0
   source = datasets.load_split('synthetic_ct', 'train', private_data, 64)
   assert pseudo_labels.available(source.path) == ['round1']
@@ -106,10 +107,10 @@ def test_pseudo_label_sets_bad_input(model_dir, tiny_config, private_data, capsy
   tiny_config.data.pseudo_labels = 'nope'
   with pytest.raises(errors.ConfigError, match="no training source has that label set"):
     pipeline.check_built(tiny_config)
-  assert cli.main(['pseudo-label', '--checkpoint', str(private_data), '--dataset',
+  assert cli.main(['pseudo-label', '--workdir', str(private_data), '--dataset',
                    'synthetic_ct', '--data_dir', private_data]) == 2
   assert 'error' in capsys.readouterr().err
-  assert cli.main(['pseudo-label', '--checkpoint', model_dir, '--dataset', 'mosmed',
+  assert cli.main(['pseudo-label', '--workdir', model_dir, '--dataset', 'mosmed',
                    '--data_dir', private_data]) == 2
   assert "dataset 'mosmed'" in capsys.readouterr().err
   # A set made for another build of the dataset: one line, not a crash mid-run.
@@ -144,10 +145,11 @@ def test_lower_is_better_metrics_rank_with_a_minus():
   assert checkpointing.selection_value(results, 'dice+-recon_mse') == pytest.approx(0.24)
 
 
+@pytest.mark.slow
 def test_pretrain_stage_resumes_and_feeds_a_fine_tune(tiny_config, tmp_path, caplog):
-  from mtl_jax import config_loader  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
   from conftest import REPO  # pylint: disable=g-import-not-at-top
-  config = config_loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny,pretrain')
+  config = loader.load_config(str(REPO / 'configs' / 'default.py') + ':tiny,pretrain')
   config.data.data_dir = tiny_config.data.data_dir
   assert config.loss.recon_mask_ratio > 0 and config.train.best_metric == '-recon_mse'
   resumed, straight, results = _train_interrupted_and_straight(config, tmp_path, 'pre')
@@ -165,12 +167,13 @@ def test_pretrain_stage_resumes_and_feeds_a_fine_tune(tiny_config, tmp_path, cap
   assert 'loaded' in message and 'encoder, recon_decoder' in message
 
 
+@pytest.mark.slow
 def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
     tiny_config, tmp_path, caplog):
   """`train.pretrain_steps`: WORKDIR/pretrain first, then the three tasks from
   it; a run killed in the stage, resumed, equals one that was not, and a
   finished stage is reused only by a config that derives the same stage."""
-  from mtl_jax import stages  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import stages  # pylint: disable=g-import-not-at-top
   config = tiny_config
   config.train.pretrain_steps = 4
   config.train.num_train_steps = 2
@@ -216,6 +219,7 @@ def test_pretrain_steps_trains_both_stages_in_one_workdir_and_resumes_in_either(
 # --- progressive resizing ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resolution_switch_trains_small_then_full_and_resumes_across_it(tiny_config,
                                                                         tmp_path):
   tiny_config.data.train_size_schedule = ((32, 2),)

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from mtl_jax import errors
 from mtl_jax.data import datasets, features, synthetic
-from tfds_builders import registry
+from mtl_jax.tfds_builders import registry
 
 SIZE = 64
 

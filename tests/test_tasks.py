@@ -1,13 +1,15 @@
 """A new task is one Task subclass and one registration line: this file adds a
 toy fourth task (the slice's mean intensity, regressed from the bottleneck)
-and trains, evaluates and restores a model with it, changing nothing in mtl_jax."""
+and trains, evaluates, restores and predicts (with flip TTA and as an
+ensemble) a model with it, changing nothing in mtl_jax."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax import errors, evaluation, runtime, tasks, train
+from mtl_jax import errors, evaluation, parallel, predict, runtime, tasks, train
 
 
 class _MeanAccumulator:
@@ -21,6 +23,7 @@ class _MeanAccumulator:
 class IntensityTask(tasks.Task):
   """Regress each slice's mean intensity (an auxiliary task for the example)."""
   name = 'intensity'
+  averaged = ('intensity',)  # a mean: TTA and ensembles average it (not a map)
 
   def head(self, model, bottom, skips, train):
     pooled = jnp.mean(bottom, axis=(1, 2)).astype(jnp.float32)
@@ -51,6 +54,7 @@ def with_intensity_task(monkeypatch):
   monkeypatch.setitem(tasks.TASK_CLASSES, IntensityTask.name, IntensityTask)  # the one line
 
 
+@pytest.mark.slow
 def test_a_fourth_task_trains_evaluates_and_restores(with_intensity_task, tiny_config,
                                                      tmp_path):
   tiny_config.loss.weights['intensity'] = 1.0
@@ -65,6 +69,24 @@ def test_a_fourth_task_trains_evaluates_and_restores(with_intensity_task, tiny_c
   assert restored['intensity_mae'] == pytest.approx(results['intensity_mae'])
   loaded = runtime.load(str(tmp_path), 'latest')
   assert tuple(loaded.runtime.tasks) == ('seg', 'recon', 'cls', 'intensity')
+
+  # Predict: flip TTA averages the task's output over the slice and its mirror.
+  images = np.random.default_rng(0).random((8, 64, 64), np.float32)
+  run = lambda fn, v, x: parallel.to_host(fn(v, parallel.global_batch(
+      {'image': x}, loaded.runtime.mesh)['image']))
+  plain = loaded.runtime.predict_fn()
+  once = run(plain, loaded.variables, images)['intensity']
+  mirrored = run(plain, loaded.variables, images[:, :, ::-1].copy())['intensity']
+  tta = run(loaded.runtime.predict_fn(tta=True), loaded.variables, images)['intensity']
+  np.testing.assert_allclose(tta, (once + mirrored) / 2, rtol=1e-5, atol=1e-6)
+  # An ensemble averages it over members.
+  ensemble = predict.Predictor([str(tmp_path), str(tmp_path)], batch_size=8, which='latest')
+  other = jax.tree.map(lambda x: x * 1.1 if x.dtype == np.float32 else x,
+                       ensemble.member_variables[0])
+  ensemble.member_variables = [other]
+  second = run(plain, other, images)['intensity']
+  np.testing.assert_allclose(ensemble.predict_batch(images)['intensity'],
+                             (once + second) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_an_unknown_task_weight_is_a_config_error(tiny_config):

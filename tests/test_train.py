@@ -22,6 +22,7 @@ def test_eight_devices_are_simulated():
   assert jax.device_count() == 8
 
 
+@pytest.mark.slow
 def test_one_step_end_to_end(tiny_config, tmp_path):
   tiny_config.train.num_train_steps = 1
   state, results = train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -39,6 +40,7 @@ def test_one_step_end_to_end(tiny_config, tmp_path):
              for f in os.listdir(tmp_path / 'tensorboard'))
 
 
+@pytest.mark.slow  # over 20 s on 2 cores
 def test_sharded_step_matches_single_device(tiny_config):
   batch = _first_batch(tiny_config)
   results = []
@@ -54,6 +56,7 @@ def test_sharded_step_matches_single_device(tiny_config):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_save_restore_gives_identical_evaluation(tiny_config, tmp_path):
   tiny_config.train.num_train_steps = 2
   workdir = str(tmp_path)
@@ -71,6 +74,7 @@ def test_save_restore_gives_identical_evaluation(tiny_config, tmp_path):
   assert reference['percentiles'] == sorted(reference['percentiles'])
 
 
+@pytest.mark.slow
 def test_kill_and_resume_continues_the_same_trajectory(tiny_config, tmp_path):
   tiny_config.train.num_train_steps = 4
   tiny_config.train.checkpoint_every_steps = 2
@@ -104,6 +108,7 @@ def test_resumed_data_iterator_yields_the_same_batches(tiny_config):
       np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(tiny_config, tmp_path):
   tiny_config.train.num_train_steps = 1
   train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -118,6 +123,7 @@ def test_batch_not_divisible_by_devices_fails_before_compiling(tiny_config):
     train.Trainer(tiny_config)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step(tiny_config, tmp_path):
   tiny_config.optim.learning_rate = float('nan')
   tiny_config.train.num_train_steps = 3
@@ -150,6 +156,7 @@ def test_cli_bad_config_and_missing_checkpoint(tmp_path, capsys):
   assert 'no checkpoint found' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_train_then_evaluate(tiny_config, tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   args = ['--config.data.data_dir=' + tiny_config.data.data_dir,

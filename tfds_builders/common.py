@@ -2,8 +2,8 @@
 
 A builder only says how to find its inputs (`_find_units`: files or volumes
 with label, patient id and, optionally, a preset split) and how to split them.
-This base then (1) resolves the manual dir (default `../shared/data/<folder>`
-beside the repo), (2) reads and validates EVERY input before writing anything
+This base then (1) resolves the manual dir (default `$MTL_MANUAL_DIR/<folder>`:
+where the releases are is a setting, never a path baked into the package), (2) reads and validates EVERY input before writing anything
 and raises one `BadInputError` listing every bad file (or, with
 `skip_bad=True`, leaves them out and records them in the metadata), (3) splits
 at patient/volume level, deterministically, and (4) writes slices in the one
@@ -18,6 +18,7 @@ import abc
 import collections
 import dataclasses
 import hashlib
+import os
 import pathlib
 from typing import NamedTuple
 
@@ -28,8 +29,10 @@ from mtl_jax.data import features, preprocess, readers, volume_readers
 from mtl_jax.errors import ConfigError
 from mtl_jax.data.readers import BadInputError
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+# The folder that holds each source's public release, one subfolder per
+# source (its DEFAULT_FOLDER: medseg_covid/, ucsd_covid_ct/, ...; docs/data.md):
+# a setting of the machine, read when a build is given no --manual_dir.
+MANUAL_DIR_ENV = 'MTL_MANUAL_DIR'
 SIZES = (64, 128, 256)
 DEFAULT_IMAGE_SIZE = 256  # what build-data stores without --image_size
 COVID, NORMAL, OTHER = features.COVID, features.NORMAL, features.OTHER
@@ -158,7 +161,7 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = size_configs()
-  DEFAULT_FOLDER: str | None = None  # under ../shared/data when manual_dir is None
+  DEFAULT_FOLDER: str | None = None  # under $MTL_MANUAL_DIR when manual_dir is None
   MANUAL_DOWNLOAD_INSTRUCTIONS = ''  # the expected layout, shown in errors
   MASK_SOFT = False  # 2-D masks are model probabilities: `soft_mask`, not `mask`
   VOLUME_MASK_MAP: object = 'labels'  # readers.map_labels mapping
@@ -218,11 +221,12 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
   # -- the shared pipeline ---------------------------------------------------
 
   def download_and_prepare(self, *, download_config=None, **kwargs):
-    """Default manual dir ../shared/data/<DEFAULT_FOLDER> when none is given."""
+    """Default manual dir $MTL_MANUAL_DIR/<DEFAULT_FOLDER> when none is given."""
     config = download_config or tfds.download.DownloadConfig()
-    if config.manual_dir is None and self.DEFAULT_FOLDER:
+    root = os.environ.get(MANUAL_DIR_ENV)
+    if config.manual_dir is None and self.DEFAULT_FOLDER and root:
       config = dataclasses.replace(config,
-                                   manual_dir=str(SHARED_DATA / self.DEFAULT_FOLDER))
+                                   manual_dir=str(pathlib.Path(root) / self.DEFAULT_FOLDER))
     self._manual_path = config.manual_dir
     return super().download_and_prepare(download_config=config, **kwargs)
 
@@ -232,7 +236,9 @@ class SliceFolderBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _root(self, dl_manager) -> pathlib.Path:
     if self._manual_path is None:
-      raise self.layout_error('(none)', 'no manual_dir given')
+      where = (f' (--manual_dir, or {MANUAL_DIR_ENV} set to the folder that holds '
+               f'{self.DEFAULT_FOLDER}/)' if self.DEFAULT_FOLDER else ' (--manual_dir)')
+      raise self.layout_error('(none)', 'no manual_dir given' + where)
     try:
       return pathlib.Path(str(dl_manager.manual_dir))
     except AssertionError:  # tfds: missing or empty

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from mtl_jax.data import datasets, features
 from mtl_jax.errors import DatasetNotFoundError
-from tfds_builders import common
+from . import common
 
 
 def known_datasets() -> tuple:

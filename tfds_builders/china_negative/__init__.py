@@ -1,3 +1,3 @@
 """china_negative: normal slices with the outside of the lungs blanked."""
 
-from tfds_builders.china_negative.china_negative import ChinaNegative as Builder  # noqa: F401
+from .china_negative import ChinaNegative as Builder  # noqa: F401

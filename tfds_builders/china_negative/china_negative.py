@@ -9,7 +9,7 @@ import dataclasses
 import re
 
 from mtl_jax.data.readers import BadInputError
-from tfds_builders import common
+from .. import common
 
 _NAME = re.compile(r'nor_(\w+?)_img_\d+\.(jpg|jpeg|png)$', re.IGNORECASE)
 

@@ -21,7 +21,7 @@ Both: split by volume, a seeded permutation sends 20% (4 of 20) to validation.
 import re
 
 from mtl_jax.data import readers
-from tfds_builders import common
+from .. import common
 
 _SLICE_NAME = re.compile(r'(.+)_(\d+)\.(jpg|jpeg|png)$', re.IGNORECASE)
 

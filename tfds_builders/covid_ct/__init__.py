@@ -1,3 +1,3 @@
 """covid_ct: UCSD COVID-CT (Zhao et al. 2020), COVID vs non-COVID slices from papers."""
 
-from tfds_builders.covid_ct.covid_ct import CovidCt as Builder  # noqa: F401
+from .covid_ct import CovidCt as Builder  # noqa: F401

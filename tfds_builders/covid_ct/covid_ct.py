@@ -16,7 +16,7 @@ preprint id (COVID) or the name before "%" (NonCOVID), a coarser/finer guess.
 import re
 
 from mtl_jax.data import features, readers, tables
-from tfds_builders import common
+from .. import common
 
 _SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
 _CLASSES = {'COVID': common.COVID, 'NonCOVID': features.NON_COVID}

@@ -38,7 +38,7 @@ files, listed together in one error.
 """
 
 from mtl_jax.data import features, readers, tables
-from tfds_builders import common
+from .. import common
 
 LABELS = {'covid19': common.COVID, 'normal': common.NORMAL, 'other': common.OTHER,
           'non_covid': features.NON_COVID, '': None}

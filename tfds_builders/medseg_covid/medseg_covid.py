@@ -13,7 +13,7 @@ and a seeded permutation sends 20% of them (10 of the 50 in (a), 20 of the
 """
 
 from mtl_jax.data import readers
-from tfds_builders import common
+from .. import common
 
 _EFFUSION_TO_BG = {0: 0, 1: 1, 2: 2, 3: 0}
 

@@ -10,7 +10,7 @@
 import re
 
 from mtl_jax.data import readers
-from tfds_builders import common
+from .. import common
 
 _SLICE_FOLDERS = {'ct0_normal': common.NORMAL, 'ct1_covid': common.COVID,
                   'ct2_covid': common.COVID, 'ct3_covid': common.COVID,

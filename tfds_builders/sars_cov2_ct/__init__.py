@@ -1,3 +1,3 @@
 """sars_cov2_ct: SARS-CoV-2 CT-scan dataset (Soares et al. 2020), COVID vs other pathology."""
 
-from tfds_builders.sars_cov2_ct.sars_cov2_ct import SarsCov2Ct as Builder  # noqa: F401
+from .sars_cov2_ct import SarsCov2Ct as Builder  # noqa: F401

@@ -5,7 +5,7 @@ patient ids, so slices of one patient may land in both splits: validation is
 a seeded hash of the file name (20%). Report results on it as optimistic.
 """
 
-from tfds_builders import common
+from .. import common
 
 
 class SarsCov2Ct(common.SliceFolderBuilder):

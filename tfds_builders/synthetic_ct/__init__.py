@@ -1,5 +1,5 @@
 """synthetic_ct: the built-in synthetic chest CT dataset."""
 
-from tfds_builders.synthetic_ct.synthetic_ct import SyntheticCt as Builder  # noqa: F401
+from .synthetic_ct import SyntheticCt as Builder  # noqa: F401
 
 DEFAULT_IMAGE_SIZE = 128

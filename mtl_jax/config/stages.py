@@ -10,13 +10,15 @@ WORKDIR records the user's config (the stage's location is a fact of the
 layout, not a setting).
 
 The stage's config is derived here, in one place: the `pretrain` preset
-(`configs/default.py`) applies the same overrides, so the two-command form
+(`mtl_jax/config/schema.py`) applies the same overrides, so the two-command form
 (`:pretrain`, then `--config.init_from=`) and the one-command form train the
-same stage. This module imports no jax and nothing above it: config files
-import it. The runner that trains the stages is `train.train_in_stages`.
+same stage. This module imports no jax and nothing above it: the schema
+imports it. The runner that trains the stages is `train.train_in_stages`.
 """
 
 from __future__ import annotations
+
+from mtl_jax.config import ingredients
 
 PRETRAIN_DIR = 'pretrain'
 
@@ -26,18 +28,12 @@ PRETRAIN_OVERRIDES = (
     ('loss.weights.seg', 0.0), ('loss.weights.recon', 1.0), ('loss.weights.cls', 0.0),
     ('loss.recon_mask_ratio', 0.5), ('train.best_metric', '-recon_mse'))
 
-# Settings that only the three-task stage uses, off in the pre-training stage
-# (so its config, and so its weights, do not depend on them).
-THREE_TASK_ONLY_OFF = (
-    ('loss.pseudo_weight', 0.0), ('data.pseudo_labels', ''),
-    ('loss.normal_no_lesion_weight', 0.0), ('init_from', ''), ('train.pretrain_steps', 0))
-
 
 def pretrain_config(config):
   """The pre-training stage of a run with `train.pretrain_steps > 0`: the same
   model, data and optimiser settings, the stage's task and length."""
   stage = config.copy_and_resolve_references()
-  stage.update_from_flattened_dict(dict(PRETRAIN_OVERRIDES + THREE_TASK_ONLY_OFF))
+  stage.update_from_flattened_dict(dict(PRETRAIN_OVERRIDES + ingredients.THREE_TASK_ONLY_OFF))
   stage.train.num_train_steps = config.train.pretrain_steps
   stage.preset = f'{config.preset} (pretrain stage)'
   return stage

@@ -16,9 +16,10 @@ import importlib.util
 import json
 import logging
 import os
-import sys
 
 import ml_collections
+
+from mtl_jax import dotted_paths
 
 DEFAULT_CONFIG = 'configs/default.py'
 DEMO_CONFIG = DEFAULT_CONFIG + ':demo'  # what `make demo` / `mtl-jax demo` train
@@ -27,29 +28,34 @@ DEMO_CONFIG = DEFAULT_CONFIG + ':demo'  # what `make demo` / `mtl-jax demo` trai
 from mtl_jax.errors import ConfigError  # noqa: F401  (raised here; importers use it)
 
 
+# The project's configs ship inside the package as `mtl_jax.configs`
+# (pyproject.toml maps the repository's configs/ folder there).
+PACKAGED_CONFIGS = 'mtl_jax.configs'
+
+
 def _resolve_path(path: str) -> str:
-  """A config file by path, or else the copy installed with the package."""
+  """A config file by path, or else the copy installed with the package
+  (`configs/real.py` outside a checkout)."""
   if os.path.exists(path):
     return path
-  module = os.path.splitext(path.replace(os.sep, '.'))[0]
-  if module.startswith('configs.'):
+  parts = os.path.normpath(path).split(os.sep)
+  if len(parts) == 2 and parts[0] == 'configs':
     try:
-      spec = importlib.util.find_spec(module)
+      spec = importlib.util.find_spec(PACKAGED_CONFIGS)
     except ModuleNotFoundError:
       spec = None
-    if spec is not None and spec.origin:
-      return spec.origin
+    if spec is not None and spec.submodule_search_locations:
+      for folder in spec.submodule_search_locations:
+        candidate = os.path.join(folder, parts[1])
+        if os.path.exists(candidate):
+          return candidate
   raise ConfigError(f'config file {path!r} not found')
 
 
-def load_config(spec: str = DEFAULT_CONFIG,
-                overrides: list[str] | None = None) -> ml_collections.ConfigDict:
-  """`spec` is 'file.py' or 'file.py:ARG'; ARG is passed to `get_config`."""
-  path, _, arg = spec.partition(':')
+def load_module(path: str):
+  """A config file as a module, by path (config files are not imported by
+  name: they import the library, never each other)."""
   path = _resolve_path(path)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:  # lets `configs/gpu8.py` import `configs.default`
-    sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location(
       f'_mtl_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(module_spec)
@@ -57,6 +63,20 @@ def load_config(spec: str = DEFAULT_CONFIG,
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
     raise ConfigError(f'config file {path!r} is malformed: {e}') from None
+  except ModuleNotFoundError as e:
+    if e.name in ('configs', 'tfds_builders'):  # a config written for mtl-jax <= 0.1.0
+      raise ConfigError(f'config file {path!r} imports {e.name!r}, which is no longer a '
+                        'package: build on `from mtl_jax.config import schema` '
+                        '(schema.get_config(arg)), as configs/gpu8.py does') from None
+    raise
+  return module
+
+
+def load_config(spec: str = DEFAULT_CONFIG,
+                overrides: list[str] | None = None) -> ml_collections.ConfigDict:
+  """`spec` is 'file.py' or 'file.py:ARG'; ARG is passed to `get_config`."""
+  path, _, arg = spec.partition(':')
+  module = load_module(path)
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'config file {path!r} defines no get_config()')
   try:
@@ -65,14 +85,6 @@ def load_config(spec: str = DEFAULT_CONFIG,
     raise ConfigError(f'{path}: {e}') from None
   apply_overrides(config, overrides or [])
   return config
-
-
-def _all_keys(config, prefix=''):
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _all_keys(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}'
 
 
 _UNPARSED = object()
@@ -132,25 +144,15 @@ def apply_overrides(config, overrides: list[str]):
     if not sep:
       raise ConfigError(f'override {item!r} must look like --config.KEY=VALUE')
     parent, _, leaf = key.rpartition('.')
-    if key in OPEN_MAPPINGS or parent in OPEN_MAPPINGS:
-      *path, name = (key if key in OPEN_MAPPINGS else parent).split('.')
-      node = config
-      for part in path:
-        node = node[part]
-      if key in OPEN_MAPPINGS:
-        node[name] = _parse_mapping(text, key)
-      else:
-        node[name][leaf] = _weight(_literal(text), key, text)
+    if key in OPEN_MAPPINGS:  # the whole mapping
+      dotted_paths.get(config, parent)[leaf] = _parse_mapping(text, key)
       continue
-    node, *parents = config, *key.split('.')[:-1]
-    for part in parents:
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        node = None
-        break
-      node = node[part]
-    leaf = key.split('.')[-1]
-    if node is None or leaf not in node:
-      valid = ', '.join(_all_keys(config))
+    if parent in OPEN_MAPPINGS:  # one entry of it
+      dotted_paths.get(config, parent)[leaf] = _weight(_literal(text), key, text)
+      continue
+    node = dotted_paths.get(config, parent) if parent else config
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      valid = ', '.join(dotted_paths.keys(config))
       raise ConfigError(f'unknown config key {key!r}; valid keys: {valid}')
     try:
       node[leaf] = _parse_value(text, node[leaf])
@@ -192,64 +194,30 @@ LEGACY_DEFAULTS = {
 RENAMED = {'data.eval_source': ('data.eval_sources', lambda name: (name,))}
 
 
-_MISSING = object()
-
-
-def lookup(data: dict, dotted: str, default=None):
-  """data['a']['b'] for 'a.b' in a config as a plain dict; `default` where a
-  part is missing."""
-  node = data
-  for part in dotted.split('.'):
-    if not isinstance(node, dict) or part not in node:
-      return default
-    node = node[part]
-  return node
-
-
-def _has(data: dict, dotted: str) -> bool:
-  return lookup(data, dotted, _MISSING) is not _MISSING
-
-
-def _pop(data: dict, dotted: str):
-  *parents, leaf = dotted.split('.')
-  node = data
-  for part in parents:
-    node = node[part]
-  return node.pop(leaf)
-
-
-def _put(data: dict, dotted: str, value):
-  *parents, leaf = dotted.split('.')
-  node = data
-  for part in parents:
-    node = node.setdefault(part, {})
-  node[leaf] = value
-
-
 def from_dict(data: dict, where: str = 'saved config') -> ml_collections.ConfigDict:
   """A config saved in a checkpoint, as the code of today reads it.
 
   Fields the checkpoint predates get their `LEGACY_DEFAULTS` value (logged,
   and listed in the config's `legacy_fields`); renamed fields are converted.
   Any other field missing is a one-line ConfigError: a saved config is never
-  silently completed from today's `configs/default.py`.
+  silently completed from today's schema (`mtl_jax/config/schema.py`).
   """
   data = json.loads(json.dumps(data))  # a deep copy
   filled = []
   for old, (new, convert) in RENAMED.items():
-    if _has(data, old) and not _has(data, new):
-      _put(data, new, convert(_pop(data, old)))
+    if dotted_paths.has(data, old) and not dotted_paths.has(data, new):
+      dotted_paths.put(data, new, convert(dotted_paths.pop(data, old)))
       filled.append(f'{old} -> {new}')
   for key, value in LEGACY_DEFAULTS.items():
-    if not _has(data, key):
-      _put(data, key, value)
+    if not dotted_paths.has(data, key):
+      dotted_paths.put(data, key, value)
       filled.append(key)
-  from configs import default  # pylint: disable=g-import-not-at-top  (the packaged schema)
-  missing = [key for key in _all_keys(default.get_config())
-             if not _has(data, key) and not _is_open_dict(key)]
+  from mtl_jax.config import schema  # pylint: disable=g-import-not-at-top  (schema imports data modules)
+  missing = [key for key in dotted_paths.keys(schema.get_config())
+             if not dotted_paths.has(data, key) and not _is_open_dict(key)]
   if missing:
     raise ConfigError(f'{where} lacks {", ".join(missing)}, which this mtl-jax needs and '
-                      'has no recorded old value for (config_loader.LEGACY_DEFAULTS); '
+                      'has no recorded old value for (mtl_jax/config/loader.py LEGACY_DEFAULTS); '
                       'it was written by another mtl-jax version')
   if filled:
     logging.info('%s predates %s: filled with the values from before they existed',
@@ -280,12 +248,7 @@ def differences(saved: dict, expected: dict, ignored: tuple = ()) -> list[str]:
                 if not k.startswith(ignored) and saved.get(k) != expected.get(k))
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
+def _flat(tree: dict) -> dict:
   """{'a.b': value} of a nested dict, values as config.json holds them."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = json.loads(json.dumps(value, default=list))
-  return out
+  return {key: json.loads(json.dumps(value, default=list))
+          for key, value in dotted_paths.flatten(tree).items()}

@@ -14,7 +14,9 @@ writes ROOT/results.md (mean ± sd over seeds, CIs, and each arm against the
 baseline with a paired t-test over seeds), ROOT/results.png (mean ± sd),
 ROOT/results_diff.png (each arm minus the baseline, seed by seed) and
 ROOT/results.csv from what exists, and lists what is missing. `--dry_run`
-prints the plan as a SLURM array job and as a TPU-VM loop. `--reuse_from
+prints the plan as a SLURM array job (each task cds into the repo and runs
+its venv's mtl-jax on the run's data_dir; `--time`, `--gpus_per_task`,
+`--sbatch FILE` to write it) and as a TPU-VM loop. `--reuse_from
 ROOT2` links a finished run under ROOT2 whose whole config is what a run
 would train (e.g. ablation:length_check's `full` runs are real.py:cpu at its
 own length, the same as a quality plan arm's) instead of training it again;
@@ -133,6 +135,8 @@ def main(argv=None) -> int:
   mode.add_argument('--dry_run', action='store_true')
   mode.add_argument('--collect', action='store_true')
   args = parser.parse_args(argv)
+  if args.sbatch and not (args.plan and args.dry_run):
+    parser.error('--sbatch FILE goes with --plan ... --dry_run')
   if args.plan:
     return run_plan(args)
 

@@ -36,7 +36,7 @@ def unavailable() -> str | None:
   return None
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
   sockets = [socket.socket() for _ in range(count)]
   try:
     for s in sockets:
@@ -72,7 +72,7 @@ class Cluster:
     with open(key, 'wb') as f:
       f.write(os.urandom(1024))
     os.chmod(key, 0o400)
-    ctld_port, slurmd_port = _free_ports(2)
+    ctld_port, slurmd_port = free_ports(2)
     lines = {
         'ClusterName': 'mtltest',
         'SlurmctldHost': 'localhost(127.0.0.1)',
@@ -81,6 +81,8 @@ class Cluster:
         'AuthType': 'auth/munge', 'CredType': 'cred/munge',
         'AuthInfo': f'socket={self._path("run", "munge.socket")}',
         'MpiDefault': 'none',
+        # Daemons and srun bind the addresses above (127.0.0.1), not every interface.
+        'CommunicationParameters': 'NoCtldInAddrAny,NoInAddrAny',
         'ProctrackType': 'proctrack/linuxproc', 'TaskPlugin': 'task/none',
         'JobAcctGatherType': 'jobacct_gather/none',
         'AccountingStorageType': 'accounting_storage/none',
@@ -98,9 +100,9 @@ class Cluster:
     text = ''.join(f'{k}={v}\n' for k, v in lines.items())
     text += (f'NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 '
              'State=UNKNOWN\n'
-             # FORCE: jobs share CPUs (two test jobs at once on a 2-core machine).
+             # YES: jobs that ask (--oversubscribe) share CPUs; others get their own.
              'PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP '
-             'OverSubscribe=FORCE:4\n')
+             'OverSubscribe=YES\n')
     with open(self.conf, 'w') as f:
       f.write(text)
 

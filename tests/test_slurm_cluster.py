@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 # tests/multiprocess_worker.py's run, through `mtl-jax train`.
 STEPS = ['--config.train.num_train_steps=3', '--config.train.log_every_steps=1',
          '--config.train.eval_every_steps=3', '--config.train.checkpoint_every_steps=3']
-CPU_JOB = ['--gpus-per-node=0', '--cpus-per-task=1', '--time=0:15:00']
+# --oversubscribe: the two jobs share the CPUs, so they run at once on 2 cores.
+CPU_JOB = ['--gpus-per-node=0', '--cpus-per-task=1', '--time=0:15:00', '--oversubscribe']
 VENV = {'VENV': sys.prefix}  # the venv running the tests (make test: the repo's .venv)
 
 
@@ -99,6 +100,11 @@ def test_slurm_gpu_sbatch_on_two_tasks_equals_one_process(slurm, tmp_path, synth
   """2 tasks x 4 CPU devices, joined by jax.distributed from SLURM_* alone,
   against 1 task x 8 devices (no jax.distributed): both through
   launch/slurm_gpu.sbatch, submitted at once (the partition shares CPUs)."""
+  # The coordinator (process 0, on the first node of SLURM_STEP_NODELIST)
+  # listens on loopback only, on a free port rather than one its job id picks.
+  port = slurm_cluster.free_ports(1)[0]
+  coordinator = {'JAX_COORDINATOR_PORT': str(port),
+                 'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}
   jobs = {}
   for name, tasks, devices in (('2x4', 2, 4), ('1x8', 1, 8)):
     out = tmp_path / f'{name}.out'
@@ -108,7 +114,7 @@ def test_slurm_gpu_sbatch_on_two_tasks_equals_one_process(slurm, tmp_path, synth
     jobs[name] = (out, subprocess.Popen(
         [slurm_cluster.which(cmd[0])] + cmd[1:], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
-        env={**slurm.env, **VENV, 'CPU_DEVICES': str(devices)}))
+        env={**slurm.env, **VENV, **coordinator, 'CPU_DEVICES': str(devices)}))
   for name, (out, proc) in jobs.items():
     try:
       submitted = proc.communicate(timeout=600)[0]

@@ -129,6 +129,9 @@ def test_slurm_gpu_sbatch_on_two_tasks_equals_one_process(slurm, tmp_path, synth
   for pid in (0, 1):
     assert f'distributed: process {pid} of 2, 4 local / 8 global devices' in two, two[-3000:]
   assert 'distributed:' not in one  # 1 task: no jax.distributed
+  # Every process holds the same metrics (each logs its own line).
+  metrics = [line.split(' ', 1)[1] for line in two.splitlines() if '] validation/' in line]
+  assert len(metrics) == 2 and metrics[0] == metrics[1], metrics
 
   # tests/test_multihost.py's comparison of 2x4 with 1x8.
   w2, w1 = tmp_path / '2x4', tmp_path / '1x8'

@@ -14,7 +14,9 @@ writes ROOT/results.md (mean ± sd over seeds, CIs, and each arm against the
 baseline with a paired t-test over seeds), ROOT/results.png (mean ± sd),
 ROOT/results_diff.png (each arm minus the baseline, seed by seed) and
 ROOT/results.csv from what exists, and lists what is missing. `--dry_run`
-prints the plan as a SLURM array job and as a TPU-VM loop. `--reuse_from
+prints the plan as a SLURM array job (each task cds into the repo and runs
+its venv's mtl-jax on the run's data_dir; `--time`, `--gpus_per_task`,
+`--sbatch FILE` to write it) and as a TPU-VM loop. `--reuse_from
 ROOT2` links a finished run under ROOT2 whose whole config is what a run
 would train (e.g. ablation:length_check's `full` runs are real.py:cpu at its
 own length, the same as a quality plan arm's) instead of training it again;
@@ -115,7 +117,14 @@ def main(argv=None) -> int:
   parser.add_argument('--split', default='validation')
   parser.add_argument('--jobs', type=int, default=1)
   parser.add_argument('--launcher', default='', help='prefix for each train command')
-  parser.add_argument('--mtl_jax', default='mtl-jax', help='the mtl-jax executable')
+  parser.add_argument('--mtl_jax', default='mtl-jax',
+                      help='the mtl-jax executable (a --plan\'s SLURM array: the repo venv\'s)')
+  parser.add_argument('--time', default='24:00:00',
+                      help='with --plan --dry_run: the SLURM time limit of each run')
+  parser.add_argument('--gpus_per_task', type=int, default=1,
+                      help='with --plan --dry_run: GPUs per SLURM array task (0: a CPU node)')
+  parser.add_argument('--sbatch', default=None, metavar='FILE',
+                      help='with --plan --dry_run: also write the SLURM array to FILE')
   parser.add_argument('--reuse_from', action='append', default=[],
                       help='with --plan: a root (e.g. another plan\'s) whose finished run of '
                       'exactly the same config is linked instead of trained again')
@@ -126,6 +135,8 @@ def main(argv=None) -> int:
   mode.add_argument('--dry_run', action='store_true')
   mode.add_argument('--collect', action='store_true')
   args = parser.parse_args(argv)
+  if args.sbatch and not (args.plan and args.dry_run):
+    parser.error('--sbatch FILE goes with --plan ... --dry_run')
   if args.plan:
     return run_plan(args)
 
@@ -245,18 +256,60 @@ def dry_run(plan, todo, args, extra) -> str:
   """The plan as a SLURM array job (one run per task) and as a TPU-VM loop."""
   lines = [' && '.join(shlex.join(c) for c in ablation_commands(plan, item, args, extra))
            for item in todo]
-  slurm = ['#!/usr/bin/env bash', f'# {plan["name"]}: {len(todo)} runs, one per array task;'
-           ' a requeued task resumes its run.', f'#SBATCH --job-name={plan["name"]}',
-           f'#SBATCH --array=0-{len(todo) - 1}', '#SBATCH --gpus-per-task=1',
-           '#SBATCH --requeue', 'RUNS=(']
-  slurm += [f'  {shlex.quote(line)}' for line in lines]
-  slurm += [')', 'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"']
+  slurm = slurm_array(plan, args, extra)
+  if args.sbatch:
+    with open(args.sbatch, 'w', encoding='utf-8') as f:
+      f.write(slurm)
   tpu = ['# TPU VM: NAME and ZONE of a VM set up as in launch/tpu_vm.sh; runs one after',
          '# another, each resuming where it stopped if the loop is restarted.']
   tpu += [f'gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all '
           f'--command {shlex.quote("cd mtl-jax && " + line)} || exit 1' for line in lines]
   return ('# --- SLURM array (save as ablation.sbatch; sbatch ablation.sbatch) ---\n'
-          + '\n'.join(slurm) + '\n\n# --- TPU VM loop ---\n' + '\n'.join(tpu))
+          + slurm + '\n# --- TPU VM loop ---\n' + '\n'.join(tpu))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _in_repo(path: str) -> str:
+  """`path` as the array job, which runs in the repo, must name it: as given
+  when sweep.py runs in the repo (a run's config.json then records what a
+  local sweep would), else absolute."""
+  if os.path.isabs(path) or os.path.realpath(os.getcwd()) == os.path.realpath(REPO):
+    return path
+  return os.path.abspath(path)
+
+
+def slurm_array(plan, args, extra) -> str:
+  """The plan as a SLURM array job, one run per task, each followed by its
+  evaluation: it runs in the repo with the repo's venv (VENV), names the
+  data_dir each run reads, and asks for --time (a requeued task resumes)."""
+  from mtl_jax import ablation, config_loader  # pylint: disable=g-import-not-at-top
+  plan = {**plan, 'config': _in_repo(plan['config'])}
+  todo = ablation.runs(plan, _in_repo(args.root))
+  exe = '"$VENV/bin/mtl-jax"' if args.mtl_jax == 'mtl-jax' else args.mtl_jax
+  launcher = shlex.join(shlex.split(args.launcher)) + ' ' if args.launcher else ''
+  lines = []
+  for item in todo:
+    config = config_loader.load_config(f'{plan["config"]}:{plan["arms"][item.arm]}',
+                                       ablation.overrides(plan, item, extra))
+    data = {**extra, 'data.data_dir': _in_repo(config.data.data_dir)}
+    train, evaluate = ablation.commands(plan, item, '', '', data)  # no executable: exe's
+    lines.append(f'{launcher}{exe} {shlex.join(train)} && {exe} {shlex.join(evaluate)}')
+  slurm = ['#!/usr/bin/env bash',
+           f'# {plan["name"]}: {len(todo)} runs, one per array task; a requeued task '
+           'resumes its run.',
+           f'# Runs in {REPO} with $VENV/bin/mtl-jax (VENV: default the repo\'s .venv).',
+           f'#SBATCH --job-name={plan["name"]}', f'#SBATCH --array=0-{len(todo) - 1}']
+  if args.gpus_per_task:
+    slurm.append(f'#SBATCH --gpus-per-task={args.gpus_per_task}')
+  slurm += [f'#SBATCH --time={args.time}', '#SBATCH --requeue', 'set -euo pipefail',
+            f'cd {shlex.quote(REPO)}',
+            f'VENV="${{VENV:-{shlex.quote(os.path.join(REPO, ".venv"))}}}"',
+            'case "$SLURM_ARRAY_TASK_ID" in']
+  slurm += [f'  {i}) {line} ;;' for i, line in enumerate(lines)]
+  slurm += ['  *) echo "no run $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;', 'esac']
+  return '\n'.join(slurm) + '\n'
 
 
 def ablation_commands(plan, item, args, extra):

@@ -284,14 +284,15 @@ def slurm_array(plan, args, extra) -> str:
   """The plan as a SLURM array job, one run per task, each followed by its
   evaluation: it runs in the repo with the repo's venv (VENV), names the
   data_dir each run reads, and asks for --time (a requeued task resumes)."""
-  from mtl_jax import ablation, config_loader  # pylint: disable=g-import-not-at-top
+  from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
   plan = {**plan, 'config': _in_repo(plan['config'])}
   todo = ablation.runs(plan, _in_repo(args.root))
   exe = '"$VENV/bin/mtl-jax"' if args.mtl_jax == 'mtl-jax' else args.mtl_jax
   launcher = shlex.join(shlex.split(args.launcher)) + ' ' if args.launcher else ''
   lines = []
   for item in todo:
-    config = config_loader.load_config(f'{plan["config"]}:{plan["arms"][item.arm]}',
+    config = loader.load_config(f'{plan["config"]}:{plan["arms"][item.arm]}',
                                        ablation.overrides(plan, item, extra))
     data = {**extra, 'data.data_dir': _in_repo(config.data.data_dir)}
     train, evaluate = ablation.commands(plan, item, '', '', data)  # no executable: exe's

@@ -225,8 +225,12 @@ def _run(args, overrides) -> int:
   if args.command in ('train', 'evaluate'):
     from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  config = (loader.load_config(args.config, overrides)
+            if args.command == 'train' else None)
+  if args.command != 'build-data':  # a missing GPU/TPU backend: one line, not a bug
+    from mtl_jax import backends  # pylint: disable=g-import-not-at-top
+    backends.require(config)
   if args.command == 'train':
-    config = loader.load_config(args.config, overrides)
     train.train_in_stages(config, args.workdir)
   elif args.command == 'evaluate':
     results = evaluation.evaluate_workdir(args.workdir, args.split, which=args.checkpoint,

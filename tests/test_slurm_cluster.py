@@ -73,8 +73,9 @@ def _params(workdir, data_dir) -> tuple[dict, float]:
   """The final parameters (and the initial ones as 'init' + key), as
   tests/multiprocess_worker.py saves them, and their checksum."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mtl_jax import checkpointing, config_loader, parallel, train  # pylint: disable=g-import-not-at-top
-  config = config_loader.load_config(f'{REPO}/configs/default.py:tiny')
+  from mtl_jax import checkpointing, parallel, train  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
+  config = loader.load_config(f'{REPO}/configs/default.py:tiny')
   config.data.data_dir = data_dir
   trainer = train.Trainer(config)
   ckpt = checkpointing.Checkpointer(str(workdir), keep=2)

@@ -19,7 +19,7 @@ LOCK := $(if $(filter cpu,$(ACCEL)),$(LOCK_CPU),requirements-$(ACCEL).lock)
 STAMP := $(VENV)/.installed-$(ACCEL)
 $(if $(filter $(ACCEL),$(ACCELS)),,$(error ACCEL=$(ACCEL): choose one of $(ACCELS)))
 
-.PHONY: demo test test-fast setup lock lock-accel clean-venv
+.PHONY: demo test test-fast model setup lock lock-accel clean-venv
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"mtl-jax needs Python >= 3.12 (jax >= 0.11), found {sys.version.split()[0]}: install 3.12 (pyenv reads .python-version)"'
@@ -81,6 +81,20 @@ lock-accel: $(STAMP)
 	    > requirements-$$a.lock && rm .lock-$$a.json || exit 1; \
 	done
 	rm -rf build
+
+# The model that ships with the package (mtl_jax/assets/model): the public-data
+# recipe trained from scratch, then exported with its card. Needs the six public
+# releases under MTL_MANUAL_DIR (docs/data.md); ~1.5-3 h on 2 CPU cores, and it
+# resumes if interrupted. Commit the result only when the model is retrained on
+# purpose (docs/predict.md, "The shipped model").
+MODEL_RUN ?= runs/ship/real_cpu
+model: $(STAMP)
+	@test -n "$$MTL_MANUAL_DIR" || { echo "make model: set MTL_MANUAL_DIR to the folder holding the public releases (docs/data.md)"; exit 2; }
+	for d in medseg_covid covid_ct mosmed sars_cov2_ct china_negative; do \
+	  $(VENV)/bin/mtl-jax build-data $$d --data_dir data --image_size 128 || exit 1; done
+	$(VENV)/bin/mtl-jax build-data covid19_ct_seg --data_dir data --image_size 128 --use_pseudo_masks
+	$(VENV)/bin/mtl-jax train --config configs/real.py:cpu --workdir $(MODEL_RUN)
+	$(VENV)/bin/mtl-jax export-model --workdir $(MODEL_RUN) --output mtl_jax/assets/model
 
 demo: $(STAMP)
 	$(VENV)/bin/mtl-jax demo --workdir runs/demo

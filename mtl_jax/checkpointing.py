@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from mtl_jax import dotted_paths
+from mtl_jax import dotted_paths, exported
 from mtl_jax.config import loader
 from mtl_jax.errors import CheckpointError, ConfigError
 
@@ -337,8 +337,11 @@ def read_meta(workdir: str, which: str = 'best') -> tuple[dict, str]:
   """The meta JSON of a workdir's best (else latest) checkpoint, and its path.
 
   Reads the JSON file directly, so callers learn the config before building
-  a model. Raises CheckpointError with one line when there is none.
+  a model. Raises CheckpointError with one line when there is none. An
+  exported model folder (`mtl_jax/exported.py`) is read as its one checkpoint.
   """
+  if exported.is_exported(workdir):
+    return exported.read_meta(workdir), os.path.abspath(workdir)
   order = ('best', 'latest') if which == 'best' else ('latest',)
   for kind in order:
     step = select_step(workdir, kind)

@@ -114,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
                       help='fail when a step needs more (default: config.hardware.memory_gb)')
   sizing.add_argument('--json', default=None, help='also write the figures here')
 
+  export = sub.add_parser(
+      'export-model', help='a run\'s checkpoint as an exported model folder: weights at '
+      'a smaller precision, its record, validation measured on them, a model card')
+  export.add_argument('--workdir', required=True)
+  export.add_argument('--checkpoint', default='best', choices=CHECKPOINTS)
+  export.add_argument('--output', required=True, help='the model folder (replaced atomically)')
+  export.add_argument('--dtype', default='float16', choices=('float16', 'bfloat16', 'float32'))
+
   predict = sub.add_parser(
       'predict', help='segment, classify and grade a CT study (or a batch)',
       description='Input: NIfTI, DICOM series folder/.dcm, PNG/JPG, or a folder/CSV '
@@ -169,6 +177,17 @@ def _workdirs_and_checkpoint(args) -> tuple[list[str], str]:
   if args.which:
     _deprecated(args.command, f'--which {args.which}', f'--checkpoint {args.which}')
     which = args.which
+  if not workdirs and args.command == 'predict':
+    from mtl_jax import exported  # pylint: disable=g-import-not-at-top
+    shipped = exported.shipped()
+    if shipped is None:
+      raise UserError('--workdir WORKDIR is required (the training run to use): this '
+                      'install ships no model; `make demo` trains a synthetic one, '
+                      'docs/training.md a real one')
+    print(f'mtl-jax predict: no --workdir given: using the model shipped with mtl-jax '
+          f'({shipped}; what it is and how good: {exported.CARD_FILE} there)',
+          file=sys.stderr)
+    workdirs = [shipped]
   if not workdirs:
     raise UserError('--workdir WORKDIR is required (the training run to use)')
   if args.command != 'predict' and len(workdirs) > 1:
@@ -219,7 +238,7 @@ def _run(args, overrides) -> int:
   # Imports here keep `mtl-jax --help` fast and errors in argument parsing cheap.
   from mtl_jax import demo, evaluation, metrics_summary, train  # pylint: disable=g-import-not-at-top
 
-  if overrides and args.command in ('predict', 'build-data', 'pseudo-label'):
+  if overrides and args.command in ('predict', 'build-data', 'pseudo-label'):  # export-model takes eval overrides
     raise UserError(f'{args.command} takes no --config.KEY=VALUE overrides (got '
                     f'{overrides[0]}); see mtl-jax {args.command} --help')
   if args.command in ('train', 'evaluate'):
@@ -260,6 +279,13 @@ def _run(args, overrides) -> int:
     print(pseudo_label.run(workdir=workdir, dataset=args.dataset, data_dir=args.data_dir,
                            name=args.name, which=which, tta=args.tta,
                            batch_size=args.batch_size))
+  elif args.command == 'export-model':
+    from mtl_jax import shipping  # pylint: disable=g-import-not-at-top
+    done = shipping.export_model(args.workdir, args.output, which=args.checkpoint,
+                                 dtype=args.dtype, overrides=overrides)
+    print(f'{done["path"]}: {done["size_mb"]:.1f} MB; {args.dtype} minus float32 on '
+          'validation: ' + ', '.join(f'{k} {v:+.4f}' for k, v in done['differences'].items()
+                                     if v is not None))
   elif args.command == 'predict':
     from mtl_jax import predict  # pylint: disable=g-import-not-at-top
     workdirs, which = _workdirs_and_checkpoint(args)

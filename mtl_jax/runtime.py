@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax import checkpointing, models, parallel
+from mtl_jax import checkpointing, exported, models, parallel
 from mtl_jax.config import loader
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.data import preprocess
@@ -194,6 +194,11 @@ def load(workdir: str, which: str = 'best', overrides=(), devices=None) -> Loade
   loader.apply_overrides(config, list(overrides))
   checkpointing.check_compatible(meta['config'],
                                  json.loads(loader.to_json(config)), workdir)
+  if exported.is_exported(path):  # parameters and batch statistics only, stored smaller
+    runtime = Runtime(config, devices)
+    variables = jax.device_put(exported.read_variables(path, runtime.abstract_variables),
+                               runtime.replicated)
+    return Loaded(runtime, variables, meta, path, 'exported', int(meta['export']['step']))
   found = checkpointing.kind_of(path)
   runtime = Runtime(config, devices)
   variables, meta = runtime.restore(workdir, found, step=checkpointing.step_of(path))

@@ -42,7 +42,8 @@ def test_old_predict_spellings_work_and_say_what_to_use(model_dir, study, tmp_pa
 def test_predict_without_a_run_is_one_line(study, tmp_path, capsys):
   assert cli.main(['predict', '--input', study, '--output', str(tmp_path / 'o')]) == 2
   assert capsys.readouterr().err.strip() == (
-      'mtl-jax predict: error: --workdir WORKDIR is required (the training run to use)')
+      'mtl-jax predict: error: --workdir WORKDIR is required (the training run to use): this '
+      'install ships no model; `make demo` trains a synthetic one, docs/training.md a real one')
 
 
 def test_pseudo_label_takes_one_run(model_dir, tmp_path, capsys):

@@ -23,6 +23,11 @@ def _patient(path) -> str:
 
 class ChinaNegative(common.SliceFolderBuilder):
   """Normal chest CT slices (lungs only), with patient ids."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = (
+      'normal slices with everything outside the lungs blanked, from a compiled '
+      'COVID-CT collection')
+  LICENCE = "the compiled collection's terms; not stated by its source"
 
   name = 'china_negative'
   DEFAULT_FOLDER = 'china_negative'

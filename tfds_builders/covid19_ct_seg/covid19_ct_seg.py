@@ -34,6 +34,11 @@ def mask_name(case: str) -> str:
 
 class Covid19CtSeg(common.SliceFolderBuilder):
   """COVID-19-CT-Seg volumes (or their slices) with infection masks."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = (
+      'COVID-19-CT-Seg (Ma et al., Zenodo 3757476) volume slices, Inf-Net model-made '
+      'pseudo masks')
+  LICENCE = "CC-BY-4.0 (images); the pseudo masks are a model's output, not ground truth"
 
   name = 'covid19_ct_seg'
   DEFAULT_FOLDER = 'covid19_ct_seg_pseudo'

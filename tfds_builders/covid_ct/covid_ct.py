@@ -47,6 +47,11 @@ def meta_patients(meta) -> dict:
 
 class CovidCt(common.SliceFolderBuilder):
   """UCSD COVID-CT: COVID-19 vs non-COVID chest CT slices, official splits."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = 'UCSD COVID-CT (Zhao et al. 2020), slices from papers, official patient split'
+  LICENCE = (
+      'images under the copyright of the preprints they come from; the UCSD release '
+      'permits research use')
 
   name = 'covid_ct'
   DEFAULT_FOLDER = 'ucsd_covid_ct'

@@ -46,6 +46,9 @@ LABELS = {'covid19': common.COVID, 'normal': common.NORMAL, 'other': common.OTHE
 
 class CtFolder(common.SliceFolderBuilder):
   """A folder of per-patient chest CT volumes with a labels.csv."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = 'your own CT volumes (labels.csv)'
+  LICENCE = 'yours'
 
   name = 'ct_folder'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """

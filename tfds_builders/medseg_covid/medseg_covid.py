@@ -20,6 +20,11 @@ _EFFUSION_TO_BG = {0: 0, 1: 1, 2: 2, 3: 0}
 
 class MedsegCovid(common.SliceFolderBuilder):
   """MedSeg COVID-19 CT slices with GGO/consolidation masks."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = (
+      "MedSeg / SIRM COVID-19 CT segmentation slices, radiologists' masks "
+      "(medicalsegmentation.com), as in Inf-Net's COVID-SemiSeg training set")
+  LICENCE = 'terms of medicalsegmentation.com (SIRM cases); Inf-Net code MIT'
 
   name = 'medseg_covid'
   DEFAULT_FOLDER = 'medseg_covid'

@@ -20,6 +20,9 @@ _STUDY_FOLDER = re.compile(r'CT-([0-4])$')
 
 class Mosmed(common.SliceFolderBuilder):
   """MosMedData: normal (CT-0) vs COVID-19 (CT-1..CT-4) chest CT."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = 'MosMedData (Moscow) CT-0 normal, CT-1/CT-2 COVID-19 slices'
+  LICENCE = "released for research; the release's terms apply"
 
   name = 'mosmed'
   DEFAULT_FOLDER = 'mosmed_slices'

@@ -10,6 +10,9 @@ from .. import common
 
 class SarsCov2Ct(common.SliceFolderBuilder):
   """SARS-CoV-2 CT-scan dataset: COVID-19 vs other lung disease slices."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = 'SARS-CoV-2 CT-scan dataset (Soares et al. 2020, Sao Paulo)'
+  LICENCE = "released for research; the release's terms apply"
 
   name = 'sars_cov2_ct'
   DEFAULT_FOLDER = 'sars_cov2_ct'

@@ -28,6 +28,9 @@ class SyntheticCtConfig(tfds.core.BuilderConfig):
 
 class SyntheticCt(tfds.core.GeneratorBasedBuilder):
   """Deterministic synthetic HU slices with COVID lesion masks and class labels."""
+  # For the model card (mtl_jax/model_card.py) and docs/data.md.
+  SOURCE = 'synthetic HU slices made by mtl-jax'
+  LICENCE = 'generated; no patient data'
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',

@@ -70,7 +70,10 @@ def essentials(meta: dict, results: dict | None) -> dict:
 def write(meta: dict, results: dict | None, size_mb: float) -> str:
   """The card as Markdown."""
   config, export = meta['config'], meta.get('export', {})
-  pre = meta.get('preprocessing', {})
+  standardize = meta.get('preprocessing', {}).get('standardize', config['data']['standardize'])
+  if isinstance(standardize, dict):
+    standardize = standardize.get('mode')
+  costs = export.get('float32_differences') or {}
   lines = [f'# mtl-jax model card: `{config.get("preset")}`', '', f'**{RESEARCH_ONLY}**', '',
            '## What it is', '',
            f'One network (tasks: {", ".join(meta.get("tasks", []))}) trained by `mtl-jax '
@@ -80,8 +83,8 @@ def write(meta: dict, results: dict | None, size_mb: float) -> str:
            f'{export.get("step", "?")}), parameters and batch statistics stored as '
            f'{export.get("dtype", "?")} ({size_mb:.1f} MB). Input: one slice at '
            f'{config["data"]["image_size"]} px, {config["data"]["input_kind"]} input, '
-           f'intensity standardisation `{pre.get("standardize", config["data"]["standardize"])}`'
-           '; `mtl-jax predict` replays the recorded preprocessing on any study.', '',
+           f'intensity standardisation `{standardize}`; `mtl-jax predict` replays the '
+           'recorded preprocessing on any study.', '',
            '## Training data', '', '| source | sampling weight | what | licence |',
            '|---|---|---|---|']
   for name, weight in sorted(config['data']['sources'].items()):
@@ -95,5 +98,9 @@ def write(meta: dict, results: dict | None, size_mb: float) -> str:
     lines += [f'| {k} | {v} |' for k, v in validation_figures(results).items()]
   else:
     lines.append('| (not recorded) | |')
+  if costs:
+    lines += ['', f'The {export.get("dtype")} weights minus the float32 checkpoint, on the '
+              'same validation splits: ' + ', '.join(
+                  f'{k} {v:+.4f}' for k, v in costs.items() if v is not None) + '.']
   lines += ['', '## Known limits', ''] + [f'- {limit}' for limit in LIMITS]
   return '\n'.join(lines) + '\n'

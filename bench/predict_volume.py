@@ -1,7 +1,7 @@
 """Benchmark `mtl-jax predict` end to end on one synthetic CT volume.
 
     python bench/predict_volume.py [--slices 300] [--size 512] [--preset full]
-        [--batch_size 32] [--tta]
+        [--batch_size 32] [--tta] [--json FILE]
 
 Writes a synthetic HU volume (one synthetic patient, apex to base) as NIfTI
 to a temporary folder, saves a randomly initialised model of the preset
@@ -21,6 +21,7 @@ Prints a Markdown table row. The full 300-slice run takes minutes on a CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -94,6 +95,7 @@ def main():
   parser.add_argument('--preset', default='full')
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--tta', action='store_true')
+  parser.add_argument('--json', default=None, help='also write the figures here')
   args = parser.parse_args()
 
   config = loader.load_config(os.path.join(REPO, 'configs', 'default.py') +
@@ -133,6 +135,16 @@ def main():
         f'| {load_s + run_s:.1f} | {run_s:.1f} | {args.slices / run_s:.2f} '
         f'| {flops / 1e9:.2f} | {gflops:.0f} | {floor_s:.1f} | {floor_s / run_s:.2f} '
         f'| {peak_gib:.2f} |')
+  if args.json:
+    stats = jax.devices()[0].memory_stats() or {}
+    with open(args.json, 'w', encoding='utf-8') as f:
+      json.dump({'volume': f'{args.size}x{args.size}x{args.slices}', 'preset': args.preset,
+                 'image_size': int(config.data.image_size), 'device': device,
+                 'batch': predictor.batch_size, 'tta': args.tta,
+                 'end_to_end_s': load_s + run_s, 'read_write_s': run_s,
+                 'slices_per_s': args.slices / run_s, 'gflop_per_slice': flops / 1e9,
+                 'matmul_gflops': gflops, 'floor_s': floor_s, 'peak_rss_gib': peak_gib,
+                 'device_peak_bytes': stats.get('peak_bytes_in_use', 0)}, f, indent=1)
 
 
 if __name__ == '__main__':

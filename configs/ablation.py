@@ -3,6 +3,8 @@
   launch/sweep.py --plan configs/ablation.py --root runs/ablation            # run (re-entrant)
   launch/sweep.py --plan configs/ablation.py --root runs/ablation --collect  # table, plot, CSV
   launch/sweep.py --plan configs/ablation.py --root runs/ablation --dry_run  # SLURM / TPU-VM
+  launch/sweep.py --plan configs/ablation.py:gpu --root runs/ablation_gpu --dry_run --gpus_per_task 1
+  launch/sweep.py --plan configs/ablation.py:tpu --root gs://BUCKET/ablation_tpu --dry_run
 
 Every arm is a preset of `configs/real.py` at its CPU scale (the recipe of
 `real.py:cpu`, with every ingredient it keeps), trained with each seed on the
@@ -15,7 +17,9 @@ Budget: 18 runs at real.py:cpu's 3000 steps did not fit the 2-core CPU
 trains the full, seg_only and cls_only arms at the full 3000 steps with two
 seeds, to show that the ranking at the shorter length is the ranking at full
 length (docs/experiments.md; `full` is the quality plan's `together`, which
-`--reuse_from` links). `:tiny` is a 2 x 2 plan of a few steps on synthetic data,
+`--reuse_from` links). `:gpu` and `:tpu` are the same arms on `real.py:gpu` and
+`real.py:tpu` at the recipe's own length (20,000 steps; RUN_STEPS is the
+2-core CPU's budget, not the recipe's). `:tiny` is a 2 x 2 plan of a few steps on synthetic data,
 for tests.
 """
 
@@ -27,27 +31,34 @@ from mtl_jax.config import ingredients, loader
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'real.py')
 
-# (arm, the config preset it trains), in table order.
+SCALES = ('cpu', 'gpu', 'tpu')  # real.py's scales; a plan variant of each
+# (arm, the preset modifier it adds to the scale), in table order.
 TASK_ARMS = (
-    ('full', 'cpu'),
-    ('seg_only', 'cpu,seg_only'),
-    ('cls_only', 'cpu,cls_only'),
-    ('no_recon', 'cpu,no_recon'),
-    ('uncertainty', 'cpu,uncertainty'),
+    ('full', ''),
+    ('seg_only', 'seg_only'),
+    ('cls_only', 'cls_only'),
+    ('no_recon', 'no_recon'),
+    ('uncertainty', 'uncertainty'),
 )
 # Joins the plan when the recipe learns from unlabelled data through pseudo
 # labels or a pre-trained start (issue 13's kept ingredients): the same
 # recipe without them. Its overrides switch them off explicitly, so that
 # neither the plan's overrides nor a sweep's --set bring them back.
-RECIPE_ARM = ('no_unlabelled', 'cpu,no_unlabelled', ingredients.UNLABELLED_OFF)
+RECIPE_ARM = ('no_unlabelled', 'no_unlabelled', ingredients.UNLABELLED_OFF)
 
 
-def arms(overrides=()) -> tuple:
-  """TASK_ARMS, and RECIPE_ARM when real.py:cpu with `overrides` ((key,
-  value) pairs) has an unlabelled-data ingredient."""
-  recipe = loader.load_config(RECIPE + ':cpu')
+def _preset(scale: str, modifier: str) -> str:
+  return f'{scale},{modifier}' if modifier else scale
+
+
+def arms(overrides=(), scale='cpu') -> tuple:
+  """TASK_ARMS at real.py's `scale` (('full', 'gpu'), ('seg_only',
+  'gpu,seg_only'), ...), and RECIPE_ARM when real.py:SCALE with `overrides`
+  ((key, value) pairs) has an unlabelled-data ingredient."""
+  recipe = loader.load_config(f'{RECIPE}:{scale}')
   recipe.update_from_flattened_dict(dict(overrides))
-  return TASK_ARMS + ((RECIPE_ARM,) if ingredients.uses_unlabelled(recipe) else ())
+  chosen = TASK_ARMS + ((RECIPE_ARM,) if ingredients.uses_unlabelled(recipe) else ())
+  return tuple((arm, _preset(scale, modifier), *own) for arm, modifier, *own in chosen)
 
 
 RUN_STEPS = 1500  # of real.py:cpu's 3000
@@ -77,6 +88,10 @@ def get_config(arg=None):
     plan.arms = (('full', 'cpu'), ('seg_only', 'cpu,seg_only'), ('cls_only', 'cpu,cls_only'))
     plan.seeds = (0, 1)
     plan.overrides = ()  # real.py:cpu's own length
+  elif arg in ('gpu', 'tpu'):
+    plan.name = f'ablation:{arg}'
+    plan.overrides = ()  # the recipe's own length: RUN_STEPS is the CPU's budget
+    plan.arms = arms(plan.overrides, arg)
   elif arg == 'tiny':
     plan.name = 'ablation:tiny'
     plan.config = 'configs/default.py'
@@ -85,5 +100,5 @@ def get_config(arg=None):
     plan.overrides = (('train.num_train_steps', 2), ('train.eval_every_steps', 2),
                       ('train.checkpoint_every_steps', 2), ('eval.bootstrap_resamples', 20))
   elif arg:
-    raise ValueError(f'unknown plan variant {arg!r}; valid: length_check, tiny (or none)')
+    raise ValueError(f'unknown plan variant {arg!r}; valid: gpu, tpu, length_check, tiny (or none)')
   return plan

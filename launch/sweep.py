@@ -110,11 +110,14 @@ def main(argv=None) -> int:
   parser.add_argument('--baseline', default=None,
                       help='with --plan: the arm the others are compared with, if not the '
                       'plan\'s own (e.g. a later recipe)')
-  parser.add_argument('--config', default='configs/default.py:demo')
+  parser.add_argument('--config', default=None,
+                      help='a grid\'s config (default: configs/default.py:demo); a plan names '
+                      'its own: choose the plan\'s variant instead (configs/ablation.py:gpu)')
   parser.add_argument('--root', default='runs/sweep')
   parser.add_argument('--grid', action='append', default=[], help='KEY=V1,V2,...')
   parser.add_argument('--set', action='append', default=[], help='KEY=V for every run')
-  parser.add_argument('--split', default='validation')
+  parser.add_argument('--split', default=None,
+                      help='a grid\'s evaluation split (default: validation); a plan has its own')
   parser.add_argument('--jobs', type=int, default=1)
   parser.add_argument('--launcher', default='', help='prefix for each train command')
   parser.add_argument('--mtl_jax', default='mtl-jax',
@@ -138,7 +141,21 @@ def main(argv=None) -> int:
   if args.sbatch and not (args.plan and args.dry_run):
     parser.error('--sbatch FILE goes with --plan ... --dry_run')
   if args.plan:
+    # A plan names its config, runs and split: a flag that would change them
+    # is a one-line error, never silently ignored.
+    for flag, given, instead in (
+        ('--config', args.config, 'choose the plan\'s scale, e.g. '
+         f'{args.plan.split(":")[0]}:gpu or :tpu'),
+        ('--grid', args.grid, 'a plan\'s runs are its arms x seeds: --set KEY=VALUE changes '
+         'every run, an arm with its own overrides goes in the plan file'),
+        ('--split', args.split, 'the plan evaluates on its own split (plan.split); '
+         '`mtl-jax evaluate --workdir RUN --split S` evaluates a finished run on another')):
+      if given:
+        print(f'sweep.py: {flag} does not go with --plan: {instead}', file=sys.stderr)
+        return 2
     return run_plan(args)
+  args.config = args.config or 'configs/default.py:demo'
+  args.split = args.split or 'validation'
 
   if not args.collect:
     points = expand(args.grid)
@@ -254,16 +271,17 @@ def run_plan(args) -> int:
 
 def dry_run(plan, todo, args, extra) -> str:
   """The plan as a SLURM array job (one run per task) and as a TPU-VM loop."""
-  lines = [' && '.join(shlex.join(c) for c in ablation_commands(plan, item, args, extra))
-           for item in todo]
   slurm = slurm_array(plan, args, extra)
   if args.sbatch:
     with open(args.sbatch, 'w', encoding='utf-8') as f:
       f.write(slurm)
   tpu = ['# TPU VM: NAME and ZONE of a VM set up as in launch/tpu_vm.sh; runs one after',
-         '# another, each resuming where it stopped if the loop is restarted.']
+         '# another, each resuming where it stopped if the loop is restarted. Each runs',
+         '# the VM checkout\'s .venv/bin/mtl-jax in ~/mtl-jax on the data_dir of its',
+         '# config (--set data.data_dir=gs://BUCKET/data for a bucket every worker reads).']
   tpu += [f'gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all '
-          f'--command {shlex.quote("cd mtl-jax && " + line)} || exit 1' for line in lines]
+          f'--command {shlex.quote("cd mtl-jax && " + line)} || exit 1'
+          for line in tpu_lines(plan, todo, args, extra)]
   return ('# --- SLURM array (save as ablation.sbatch; sbatch ablation.sbatch) ---\n'
           + slurm + '\n# --- TPU VM loop ---\n' + '\n'.join(tpu))
 
@@ -313,9 +331,20 @@ def slurm_array(plan, args, extra) -> str:
   return '\n'.join(slurm) + '\n'
 
 
-def ablation_commands(plan, item, args, extra):
+def tpu_lines(plan, todo, args, extra) -> list[str]:
+  """Each run's train && evaluate as the TPU VM runs them in its `mtl-jax`
+  checkout (launch/tpu_vm.sh): with its .venv's mtl-jax, naming the data_dir."""
   from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
-  return ablation.commands(plan, item, args.mtl_jax, args.launcher, extra)
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
+  exe = '.venv/bin/mtl-jax' if args.mtl_jax == 'mtl-jax' else args.mtl_jax
+  lines = []
+  for item in todo:
+    config = loader.load_config(f'{plan["config"]}:{plan["arms"][item.arm]}',
+                                ablation.overrides(plan, item, extra))
+    data = {**extra, 'data.data_dir': config.data.data_dir}
+    commands = ablation.commands(plan, item, exe, args.launcher, data)
+    lines.append(' && '.join(shlex.join(c) for c in commands))
+  return lines
 
 
 if __name__ == '__main__':

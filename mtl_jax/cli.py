@@ -244,7 +244,7 @@ def _run(args, overrides) -> int:
   if args.command in ('train', 'evaluate'):
     from mtl_jax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  config = (loader.load_config(args.config, overrides)
+  config = (loader.load_training_config(args.config, overrides)
             if args.command == 'train' else None)
   if args.command != 'build-data':  # a missing GPU/TPU backend: one line, not a bug
     from mtl_jax import backends  # pylint: disable=g-import-not-at-top
@@ -296,7 +296,7 @@ def _run(args, overrides) -> int:
 
 
 def _estimate(args, overrides) -> int:
-  config = loader.load_config(args.config, overrides)
+  config = loader.load_training_config(args.config, overrides)
   hw = config.hardware
   devices = args.devices if args.devices is not None else (hw.devices or 1)
   flags = os.environ.get('XLA_FLAGS', '')
@@ -308,7 +308,9 @@ def _estimate(args, overrides) -> int:
                        pick(args.interconnect_gb_s, hw.interconnect_gb_s),
                        pick(args.device_memory_gb, hw.memory_gb))
   if hw.name:
-    print(f'target: {hw.name}')
+    other = (f' (its hardware section; sized for --devices {devices}, not its {hw.devices})'
+             if hw.devices and devices != hw.devices else '')
+    print(f'target: {hw.name}{other}')
   print(sizing.describe(result))
   if args.json:
     jsonio.write_json(args.json, result, sort_keys=True)

@@ -42,8 +42,11 @@ def check_batch_size(global_batch_size: int, what: str = 'train.global_batch_siz
   """Fail before compiling when the batch cannot be split evenly."""
   n = jax.device_count() if num_devices is None else num_devices
   if global_batch_size % n:
+    below, above = global_batch_size // n * n, (global_batch_size // n + 1) * n
+    near = ' or '.join(str(b) for b in (below, above) if b)
     raise ConfigError(f'{what}={global_batch_size} is not divisible by the '
-                      f'{n} devices; use a multiple of {n}')
+                      f'{n} devices; use a multiple of {n}, e.g. {near} '
+                      f'(--config.{what}={above})')
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

@@ -15,7 +15,12 @@ bandwidth, a predicted step time and throughput (compute plus a ring
 all-reduce, not overlapped: an upper bound on time).
 
 Compiled on CPU for a GPU/TPU target, the memory figures are estimates: the
-CPU compiler fuses differently and keeps bf16 convolutions in f32.
+CPU compiler fuses differently and keeps bf16 convolutions in f32 (the output
+says so).
+
+The host side: the input pipeline's augmentation runs on the host's CPU
+cores, so at the predicted examples/s it needs examples/s / (a measured
+per-core rate) cores (AUGMENTED_SLICES_PER_CORE).
 """
 
 from __future__ import annotations
@@ -35,6 +40,23 @@ _DTYPE_BYTES = {'f64': 8, 'f32': 4, 's32': 4, 'u32': 4, 'bf16': 2, 'f16': 2, 's8
                 'u8': 1, 'pred': 1, 's64': 8, 'u64': 8}
 _SHAPE = re.compile(r'\b(f64|f32|bf16|f16|s64|u64|s32|u32|s8|u8|pred)\[([\d,]*)\]')
 _ALL_REDUCE = re.compile(r'=\s*(.*?)\s+all-reduce(?:-start)?\(')
+
+
+# The input pipeline's measured rate: ~170 augmented slices/s per CPU core
+# (335-368 slices/s on 2 cores, real.py's six-source mix with augmentation,
+# at 256x256), bench/RESULTS.md, "Input pipeline (`bench/input_pipeline.py`)".
+# Scaled by pixel count to other image sizes (augmentation is per pixel).
+AUGMENTED_SLICES_PER_CORE = 170.0
+AUGMENTED_AT_SIZE = 256
+AUGMENTED_SOURCE = 'bench/RESULTS.md#input-pipeline-benchinput_pipelinepy'
+# A typical host: ~8 cores per accelerator (64 cores on an 8-GPU node).
+HOST_CORES_PER_DEVICE = 8
+
+
+def input_cores(examples_per_second: float, image_size: int) -> float:
+  """CPU cores the augmenting input pipeline needs to deliver `examples_per_second`."""
+  per_core = AUGMENTED_SLICES_PER_CORE * (AUGMENTED_AT_SIZE / image_size) ** 2
+  return examples_per_second / per_core
 
 
 @dataclasses.dataclass
@@ -113,16 +135,16 @@ def _tree_bytes(tree) -> int:
 def plan(config, devices: int, peak_tflops: float, mfu: float, interconnect_gb_s: float,
          device_memory_gb: float) -> dict:
   """Compile the config's train and eval steps for `devices` devices; size them."""
-  if peak_tflops <= 0:
-    raise ConfigError(f'--peak_tflops {peak_tflops:g}: give the accelerator\'s peak '
-                      'TFLOP/s per device (e.g. 312 for an A100 in bf16, 197 for a TPU v5e)')
-  if not 0 < mfu <= 1:
-    raise ConfigError(f'--mfu {mfu:g}: give a fraction in (0, 1], e.g. 0.4')
   if devices < 1:
     raise ConfigError(f'--devices {devices}: give at least 1')
   for what, batch in (('train.global_batch_size', config.train.global_batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
     parallel.check_batch_size(batch, what, num_devices=devices)
+  if peak_tflops <= 0:
+    raise ConfigError(f'--peak_tflops {peak_tflops:g}: give the accelerator\'s peak '
+                      'TFLOP/s per device (e.g. 312 for an A100 in bf16, 197 for a TPU v5e)')
+  if not 0 < mfu <= 1:
+    raise ConfigError(f'--mfu {mfu:g}: give a fraction in (0, 1], e.g. 0.4')
   chosen, backend = choose_devices(devices)
   trainer = train.Trainer(config, chosen)
   repl, sharded = trainer.runtime.replicated, trainer.runtime.batch_sharded
@@ -153,6 +175,9 @@ def plan(config, devices: int, peak_tflops: float, mfu: float, interconnect_gb_s
       'peak_tflops': peak_tflops, 'mfu': mfu, 'interconnect_gb_s': interconnect_gb_s,
       'compute_seconds': compute_s, 'all_reduce_seconds': comm_s,
       'step_seconds': step_s, 'examples_per_second': global_batch / step_s,
+      'image_size': int(config.data.image_size),
+      'input_cores': input_cores(global_batch / step_s, int(config.data.image_size)),
+      'host_cores_typical': HOST_CORES_PER_DEVICE * devices,
   }
   needed_gb = max(train_size.peak_bytes, eval_size.peak_bytes) / 1e9
   if device_memory_gb > 0 and needed_gb > device_memory_gb:
@@ -184,5 +209,26 @@ def describe(r: dict) -> str:
       f'compute {r["compute_seconds"] * 1e3:.1f} ms + all-reduce '
       f'{r["all_reduce_seconds"] * 1e3:.1f} ms at {r["interconnect_gb_s"]:g} GB/s = '
       f'{r["step_seconds"] * 1e3:.1f} ms per step, {r["examples_per_second"]:.0f} examples/s',
+      memory_source(r),
+      f'input pipeline: ~{r["input_cores"]:.0f} cores of augmentation at '
+      f'{r["examples_per_second"]:,.0f} slices/s (measured {AUGMENTED_SLICES_PER_CORE:.0f} '
+      f'slices/s per core at {AUGMENTED_AT_SIZE} px'
+      + (f', scaled by pixels to {r["image_size"]} px' if r['image_size'] != AUGMENTED_AT_SIZE
+         else '') + f', {AUGMENTED_SOURCE})',
   ]
+  if r['input_cores'] > r['host_cores_typical']:
+    lines.append(
+        f'warning: the input pipeline needs ~{r["input_cores"]:.0f} cores, more than a '
+        f'typical host\'s {r["host_cores_typical"]} ({HOST_CORES_PER_DEVICE} per device): '
+        'the devices would wait for data at this rate')
   return '\n'.join(lines)
+
+
+def memory_source(r: dict) -> str:
+  """Where the memory figures come from: this backend's compiler, or CPU's for another target."""
+  if r['backend'].startswith('cpu'):
+    return (f'memory figures: compiled on {r["devices"]} {r["backend"]} device(s); for a '
+            'GPU/TPU target they are estimates (the CPU compiler fuses differently and '
+            'keeps bf16 convolutions in f32)')
+  return f'memory figures: XLA\'s analysis of the step compiled for {r["backend"]}'
+

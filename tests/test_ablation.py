@@ -342,3 +342,51 @@ def test_a_run_kept_under_another_root_is_still_its_arms_run(tmp_path):
     (kept / 'finetune_128' / f'seed_{seed}').mkdir(parents=True)
     jsonio.write_json(str(kept / 'finetune_128' / f'seed_{seed}' / 'config.json'), config)
   assert ablation.foreign_folders(plan, str(kept)) == ['finetune_128/seed_1 (init_from differ)']
+
+
+def test_plan_flags_it_would_ignore_are_one_line_errors(tmp_path):
+  for flags, message in ((['--config', 'configs/real.py:gpu'],
+                          '--config does not go with --plan: choose the plan\'s scale, e.g. '
+                          'configs/ablation.py:gpu'),
+                         (['--grid', 'optim.learning_rate=1e-3,2e-3'],
+                          '--grid does not go with --plan'),
+                         (['--split', 'test'], '--split does not go with --plan')):
+    result = subprocess.run(SWEEP + ['--root', str(tmp_path), '--dry_run', *flags],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not result.stdout, result.stdout
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
+        result.stderr
+
+
+@pytest.mark.parametrize('scale', ['gpu', 'tpu'])
+def test_accelerator_plans_are_the_same_arms_at_the_recipes_length(scale, tmp_path):
+  sys.path.insert(0, str(REPO))
+  from mtl_jax import ablation  # pylint: disable=g-import-not-at-top
+  from mtl_jax.config import loader  # pylint: disable=g-import-not-at-top
+  cpu = ablation.load_plan(str(REPO / 'configs/ablation.py'))
+  plan = ablation.load_plan(str(REPO / f'configs/ablation.py:{scale}'))
+  assert list(plan['arms']) == list(cpu['arms'])
+  assert plan['arm_overrides'] == cpu['arm_overrides']
+  assert plan['overrides'] == {}  # no CPU-budget shortening
+  assert all(p.split(',')[0] == scale for p in plan['arms'].values())
+  full = loader.load_config(str(REPO / f'configs/real.py:{plan["arms"]["full"]}'))
+  assert full.train.num_train_steps == 20_000 and full.model.widths == \
+      loader.load_config(str(REPO / 'configs/real.py:gpu')).model.widths
+  if scale == 'tpu':  # configs/tpu.py's hardware deltas on the real recipe
+    tpu = loader.load_config(str(REPO / 'configs/tpu.py'))
+    for key in ('train.global_batch_size', 'model.compute_dtype', 'model.norm',
+                'optim.learning_rate', 'eval.batch_size'):
+      section, name = key.split('.')
+      assert full[section][name] == tpu[section][name], key
+    assert full.hardware.to_dict() == tpu.hardware.to_dict()
+    assert full.data.sources.to_dict() == \
+        loader.load_config(str(REPO / 'configs/real.py:gpu')).data.sources.to_dict()
+  dry = subprocess.run([sys.executable, str(REPO / 'launch' / 'sweep.py'), '--plan',
+                        f'configs/ablation.py:{scale}', '--root', str(tmp_path), '--dry_run'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert dry.returncode == 0, dry.stderr
+  assert f'--config configs/real.py:{scale},seg_only' in dry.stdout
+  # The TPU loop runs the VM checkout's venv on the run's data_dir (launch/tpu_vm.sh).
+  loop = [line for line in dry.stdout.splitlines() if line.startswith('gcloud')]
+  assert loop and all("'cd mtl-jax && .venv/bin/mtl-jax train" in line
+                      and '--config.data.data_dir=' in line for line in loop)

@@ -178,14 +178,14 @@ def test_missing_and_malformed_config_files(tmp_path):
     loader.load_config(str(bad))
 
 
-@pytest.mark.parametrize('preset', ['cpu', 'gpu', 'cpu,tiny'])
+@pytest.mark.parametrize('preset', ['cpu', 'gpu', 'tpu', 'cpu,tiny'])
 def test_real_data_presets_load(preset):
   config = loader.load_config(f'{REPO}/configs/real.py:{preset}')
   assert set(config.data.sources) == set(config.data.eval_sources)
   assert config.data.input_kind == '8bit'
   assert abs(sum(config.data.sources.values()) - 1.0) < 1e-6
-  with pytest.raises(loader.ConfigError, match='give one of cpu, gpu'):
-    loader.load_config(f'{REPO}/configs/real.py:tpu')
+  with pytest.raises(loader.ConfigError, match='give one of cpu, gpu, tpu'):
+    loader.load_config(f'{REPO}/configs/real.py:v100')
 
 
 def test_saved_config_gains_new_fields_but_keeps_its_values():

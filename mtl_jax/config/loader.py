@@ -87,6 +87,26 @@ def load_config(spec: str = DEFAULT_CONFIG,
   return config
 
 
+def load_training_config(spec: str, overrides: list[str] | None = None
+                         ) -> ml_collections.ConfigDict:
+  """load_config for a command that trains or sizes one run: a plan file
+  (configs/ablation.py: arms x seeds of another config) is a one-line error
+  naming one of its arms' configs instead."""
+  path, _, arg = spec.partition(':')
+  module = load_module(path)
+  if hasattr(module, 'get_config'):
+    try:
+      config = module.get_config(arg or None)
+    except ValueError as e:
+      raise ConfigError(f'{path}: {e}') from None
+    if 'arms' in config and 'hardware' not in config:
+      arm, preset = config.arms[0][:2]
+      raise ConfigError(
+          f'{spec} is a plan (launch/sweep.py --plan {spec}), not a run\'s config: give one '
+          f'of its arms\' configs, e.g. --config {config.config}:{preset} (arm {arm})')
+  return load_config(spec, overrides)
+
+
 _UNPARSED = object()
 
 

@@ -215,3 +215,26 @@ def test_confidence_calibration_rule():
   meta = {'class_confidence': got}
   assert model_card.confidence_threshold(meta, 3)['source'] == 'validation'
   assert model_card.confidence_threshold({}, 3)['source'] == 'fallback'
+
+
+def test_flat_and_grey_images_get_no_plain_class(predictor, tmp_path):
+  """A flat PNG and a grey photo came back 'covid19 p=0.36': now no plain answer."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from test_predict import photo_like  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / 'flat.png')
+  Image.fromarray(photo_like()).save(tmp_path / 'photo.png')
+  for name in ('flat.png', 'photo.png'):
+    rep = predict.run(None, tmp_path / name, tmp_path / f'out_{name}', predictor=predictor)[0]
+    line = report.summary_line(name, rep)
+    assert 'inconclusive' in line or 'not reliable' in line, line
+    assert 'research use only' in rep['model']['intended_use']
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  items = [1, 2, 3]
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: False, raising=False)
+  assert predict._progress(items, desc='x') is items  # pylint: disable=protected-access
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: True, raising=False)
+  bar = predict._progress(items, desc='x')  # pylint: disable=protected-access
+  assert bar is not items and list(bar) == items

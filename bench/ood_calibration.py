@@ -94,7 +94,8 @@ def predict_values(checkpoint, folder, predictor) -> tuple:
   reports = predict.run(checkpoint, folder, folder + '_out', predictor=predictor)
   reports = sorted(reports, key=lambda r: r['input']['path'])
   oods = [r['ood'] for r in reports]
-  return ([o['value'] for o in oods], [o['value'] > o['threshold_value'] for o in oods],
+  recon = [o['reconstruction_error'] for o in oods]  # report schema 1.4
+  return ([o['value'] for o in recon], [o['value'] > o['threshold_value'] for o in recon],
           [o['feature_distance'] for o in oods], [r['classification'] for r in reports])
 
 

@@ -10,6 +10,7 @@ A thin layer (flax-examples style): parse arguments, load the config, call
 stage if the config has one) or friends. A user mistake (`errors.UserError`:
 bad config, missing dataset, incompatible checkpoint, bad input file) ends
 with one line on stderr and exit status 2; `--debug` shows its traceback.
+`predict --skip_bad` exits 3 when some studies of a batch failed (the rest written).
 Any other exception is a bug in mtl-jax: its traceback is printed, then a
 line saying so, and the exit status is 1.
 """
@@ -137,6 +138,15 @@ def _parser() -> argparse.ArgumentParser:
   predict.add_argument('--series', default=None, help='DICOM SeriesInstanceUID to use')
   predict.add_argument('--save_probability', action='store_true',
                        help='also write lesion_probability (0..255)')
+  predict.add_argument('--output_type', default='nifti', choices=('nifti', 'dicom_seg'),
+                       help='dicom_seg: also write lesion_seg.dcm, a DICOM-SEG that '
+                       'references the source series (DICOM input)')
+  predict.add_argument('--refuse_ood', action='store_true',
+                       help='a study flagged out of distribution is an error (exit 2, '
+                       'nothing written) instead of a report marked not reliable')
+  predict.add_argument('--skip_bad', action='store_true',
+                       help='batch: a study that fails is listed in batch_summary.json '
+                       '(`failed`) and the rest are written; exit 3 when any failed')
   return parser
 
 
@@ -155,6 +165,7 @@ def _add_workdirs(parser, help_text: str, several: bool):
 
 
 CHECKPOINTS = ('best', 'latest')
+SOME_FAILED = 3  # exit status of a --skip_bad batch where some studies failed
 
 
 def _deprecated(command: str, old: str, new: str):
@@ -289,9 +300,13 @@ def _run(args, overrides) -> int:
   elif args.command == 'predict':
     from mtl_jax import predict  # pylint: disable=g-import-not-at-top
     workdirs, which = _workdirs_and_checkpoint(args)
-    predict.run(workdirs, args.input, args.output, batch_size=args.batch_size,
-                tta=args.tta, series=args.series, save_probability=args.save_probability,
-                which=which)
+    results = predict.run(workdirs, args.input, args.output, batch_size=args.batch_size,
+                          tta=args.tta, series=args.series,
+                          save_probability=args.save_probability, which=which,
+                          refuse_ood=args.refuse_ood, skip_bad=args.skip_bad,
+                          output_type=args.output_type)
+    if results.failed:
+      return SOME_FAILED
   return 0
 
 

@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from mtl_jax import jsonio, metrics_summary, ood, parallel
+from mtl_jax import jsonio, metrics_summary, model_card, ood, parallel
 from mtl_jax import runtime as runtime_lib
 from mtl_jax.data import pipeline
 
@@ -90,6 +90,9 @@ def evaluate(runtime, predict, variables, split: str,
           'split': split, 'max_examples': max_examples,
           'recon_mse': recon.per_example_mse if recon is not None else None,
           'features': np.concatenate(features) if features else None}
+      cls = by_source[source_name].get('cls')
+      if cls is not None:
+        held_out[source_name].update(cls_probs=cls.probs, cls_labels=cls.labels)
   results = _summarize(runtime, pooled)
   if len(by_source) > 1:
     results['by_source'] = {name: _summarize(runtime, accs)
@@ -172,6 +175,22 @@ def ood_reference_hook(runtime, predict, variables_of):
     return {'ood_reference': reference_recon_errors(runtime, predict, variables,
                                                     held_out=held_out),
             'ood_features': reference_features(runtime, variables, held_out=held_out)}
+  return hook
+
+
+def confidence_hook(runtime):
+  """A `Checkpointer` best hook: the top-class probability below which a
+  study is inconclusive (`model_card.calibrate`), from the validation
+  slices' class probabilities just computed (`held_out`)."""
+  def hook(state, held_out: dict) -> dict:  # pylint: disable=unused-argument
+    parts = [e for e in held_out.values()
+             if e.get('split') == 'validation' and e.get('cls_probs') is not None]
+    if 'cls' not in runtime.tasks or not parts:
+      return {}
+    return {'class_confidence': model_card.calibrate(
+        np.concatenate([e['cls_probs'] for e in parts]),
+        np.concatenate([e['cls_labels'] for e in parts]),
+        runtime.config.model.num_classes)}
   return hook
 
 

@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
 
-from mtl_jax import checkpointing, errors, jsonio, lungs, metrics, parallel, replay, report
+from mtl_jax import checkpointing, errors, jsonio, lungs, metrics, model_card, parallel
+from mtl_jax import replay, report, report_text
 from mtl_jax import runtime as runtime_lib
 from mtl_jax import tasks as tasks_lib
 from mtl_jax import volume_io
@@ -86,6 +88,21 @@ def _check_member(first, other, workdir: str):
           f'({", ".join(map(str, keys))}); an ensemble needs the same')
 
 
+def _step_folder_hint(workdir) -> str | None:
+  """The one-line answer for a checkpoint step folder given as the run
+  folder (runs/x/best/30, runs/x/checkpoints/250), else None."""
+  path = pathlib.Path(os.path.normpath(os.path.abspath(workdir)))
+  parent = path.parent.name
+  if not (path.name.isdigit() and parent in (checkpointing.BEST_DIR,
+                                             checkpointing.LATEST_DIR)):
+    return None
+  kind = 'best' if parent == checkpointing.BEST_DIR else 'latest'
+  run_dir = os.path.normpath(os.path.join(os.fspath(workdir), os.pardir, os.pardir))
+  return (f'{workdir} is a checkpoint step folder, not a training run: give the run '
+          f'folder, --workdir {run_dir} --checkpoint {kind} (predict uses the run\'s '
+          f'{kind} checkpoint)')
+
+
 def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
   """(checkpoint record, its path) of `which` checkpoint; NoModelError if none."""
   if not os.path.isdir(workdir):
@@ -93,7 +110,8 @@ def load_meta(workdir, which: str = 'best') -> tuple[dict, str]:
   try:
     meta, path = checkpointing.read_meta(workdir, which)
   except errors.CheckpointError as e:
-    raise NoModelError(str(e)) from None
+    hint = _step_folder_hint(workdir)
+    raise NoModelError(hint or str(e)) from None
   if 'config' not in meta or 'preprocessing' not in meta:
     raise NoModelError(f'{path}: checkpoint has no config/preprocessing record '
                        '(written by an older mtl-jax?); retrain or re-save it')
@@ -133,6 +151,8 @@ class Predictor:
     self.class_names = list(CLASS_NAMES[:config.model.num_classes])
     self.tasks = self.runtime.tasks
     self.multi = 'seg' in self.tasks and self.tasks['seg'].multi_class
+    self.confidence = model_card.confidence_threshold(self.meta, len(self.class_names))
+    self.model_card = model_card.card(self.meta, self.path, self.workdir)
     self._apply = self.runtime.predict_fn(self.tta, extras=True)
 
   def predict_batch(self, images: np.ndarray) -> dict:
@@ -149,7 +169,7 @@ class Predictor:
     return out
 
   def predict_study(self, study: volume_io.Study, dest, save_probability=False,
-                    reference_mask=None) -> dict:
+                    reference_mask=None, dicom_seg: bool = False) -> dict:
     """Run the model over every slice, write outputs into `dest`, return the report."""
     dest = pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -165,7 +185,8 @@ class Predictor:
     model_input = lambda k: self.replay.model_input(render(study.slice(k)))
     standardize, how = self.replay.standardizer(study, model_input)
     rendering = f'{rendering}; {how}'
-    for start in range(0, num, self.batch_size):
+    for start in _progress(range(0, num, self.batch_size), desc=os.path.basename(str(study.path)),
+                           unit='batch'):
       ks = range(start, min(start + self.batch_size, num))
       images = np.zeros((self.batch_size, size, size), np.float32)  # padded
       boxes = []
@@ -196,6 +217,11 @@ class Predictor:
       if prob is not None:
         outputs['lesion_probability'] = volume_io.write_like_input(
             study, prob, dest / 'lesion_probability')
+      if dicom_seg:  # also the mask as a DICOM-SEG of the source series
+        from mtl_jax import dicom_seg as dicom_seg_lib  # pylint: disable=g-import-not-at-top
+        outputs['lesion_seg'] = dicom_seg_lib.write(
+            study, labels, dest / 'lesion_seg', self.runtime.config.model.num_seg_classes,
+            _version())
     if reference_mask is not None and has_seg:
       ref = volume_io.read_mask_like(study, reference_mask)
       rep['reference_mask'] = {
@@ -218,8 +244,8 @@ class Predictor:
         study, labels, cls, recon, lung_info, eligible, class_names=self.class_names,
         multi=self.multi, ood_reference=self.meta.get('ood_reference'),
         features=features, ood_features=self.meta.get('ood_features'),
-        render_warning=render_warning,
-        checkpoint={'workdir': self.workdir, 'path': os.path.abspath(self.path),
+        render_warning=render_warning, confidence=self.confidence,
+        model=self.model_card, checkpoint={'workdir': self.workdir, 'path': os.path.abspath(self.path),
                     'which': self.which, 'step': self.step, 'tasks': list(self.tasks),
                     'members': self.members},
         preprocessing={
@@ -277,38 +303,95 @@ class Predictor:
       lab = (np.zeros_like(gray) if labels is None
              else np.ascontiguousarray(study.slice(k, labels)))
       panels.append((gray, lab, f'slice {k}: {slices[k]["lesion_pixels"]} px'))
-    c = rep['classification']
-    head = (f'{c["predicted_class"]} p={c["probabilities"][c["predicted_class"]]:.2f}'
-            if c else 'no classifier')
-    inv = rep['severity']['involvement_percent']
-    head += (f' | involvement {inv:.1f}% ({rep["severity"]["grade"]})' if inv is not None
-             else ' | involvement n/a')
-    if rep['ood'] and rep['ood'].get('flagged'):
-      head += ' | OUT OF DISTRIBUTION'
+    head = report_text.overview_header(rep)
     return report.render_overview(path, panels, head)
 
 
+def _progress(iterable, **kwargs):
+  """A tqdm bar on stderr when it is a terminal; the bare iterable in logs."""
+  if not sys.stderr.isatty():
+    return iterable
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(iterable, leave=False, file=sys.stderr, **kwargs)
+
+
+class OutOfDistributionError(errors.UserError):
+  """A study flagged out of distribution, with --refuse_ood."""
+
+
+class Results(list):
+  """The reports of the studies written; `failed`: (item, one-line error) of
+  those skipped with --skip_bad."""
+
+  def __init__(self, reports=(), failed=()):
+    super().__init__(reports)
+    self.failed = list(failed)
+
+
+def _refuse(item, rep):
+  ood = rep['ood'] or {}
+  raise OutOfDistributionError(
+      f'{item.input}: out of distribution ({ood.get("rule")}: {ood.get("value"):.2f} above '
+      f'{ood.get("threshold"):.2f}); refused (--refuse_ood), nothing written')
+
+
+def _version() -> str:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version('mtl-jax')
+  except metadata.PackageNotFoundError:
+    return 'unknown'
+
+
 def run(workdirs, input_path, output, *, batch_size=None, tta=False, series=None,
-        save_probability=False, which='best', predictor: Predictor | None = None):
+        save_probability=False, which='best', predictor: Predictor | None = None,
+        refuse_ood=False, skip_bad=False, output_type: str = 'nifti') -> Results:
   """The CLI entry: check what is cheap first (model folder, inputs, masks; a
-  single input is read before the model is built), predict, then publish."""
+  single input is read before the model is built), predict, then publish.
+
+  --refuse_ood: a flagged study is an error (nothing written). --skip_bad
+  (batch): a study that fails with a one-line error is listed in
+  batch_summary.json's `failed` and the rest are written; `Results.failed`.
+  """
   if predictor is None:
     for workdir in _as_list(workdirs):
       load_meta(workdir, which)  # fail fast on a folder without a model
   batch, items = volume_io.discover(input_path)
   volume_io.check_masks(items)
   first = None if batch else volume_io.read_study(items[0].input, series)
+  if first is not None and output_type == 'dicom_seg' and first.kind != 'dicom':
+    raise errors.UserError(f'{first.path}: --output_type dicom_seg needs DICOM input '
+                           f'(this is {first.kind}); the NIfTI mask is written for any input')
   predictor = predictor or Predictor(workdirs, batch_size, tta, which)
-  reports = []
+  reports, done, failed = [], [], []
   with volume_io.staged_output(output) as tmp:
-    for item in items:
-      study = first if first is not None else volume_io.read_study(item.input, series)
-      first = None
-      rep = predictor.predict_study(study, tmp / item.name if batch else tmp,
-                                    save_probability, item.mask)
-      del study
+    for item in _progress(items, desc='studies', unit='study') if batch else items:
+      dest = tmp / item.name if batch else tmp
+      try:
+        study = first if first is not None else volume_io.read_study(item.input, series)
+        first = None
+        rep = predictor.predict_study(study, dest, save_probability, item.mask,
+                                      dicom_seg=output_type == 'dicom_seg')
+        del study
+        if refuse_ood and rep['status'] == 'out_of_distribution':
+          _refuse(item, rep)
+      except errors.CheckpointError:
+        raise
+      except errors.UserError as e:
+        if not (batch and skip_bad):
+          raise
+        shutil.rmtree(dest, ignore_errors=True)
+        failed.append((item, ' '.join(str(e).split())))
+        print(f'mtl-jax predict: skipped: {failed[-1][1]}', file=sys.stderr)
+        continue
       reports.append(rep)
+      done.append(item)
       print(report.summary_line(item.name, rep))
     if batch:
-      report.write_batch_summary(tmp / 'batch_summary.json', input_path, items, reports)
-  return reports
+      report_text.write_batch_summary(tmp / 'batch_summary.json', input_path, done, reports,
+                                      failed, report.SCHEMA_VERSION)
+  if failed:
+    print(f'mtl-jax predict: {len(failed)} of {len(items)} studies failed (listed in '
+          f'{pathlib.Path(output) / "batch_summary.json"}); the rest are written',
+          file=sys.stderr)
+  return Results(reports, failed)

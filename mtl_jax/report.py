@@ -1,12 +1,17 @@
 """report.json (a versioned schema) and overview.png of `mtl-jax predict`.
 
-report.json, schema_version 1.3 (keys always present; null when not
+report.json, schema_version 1.4 (keys always present; null when not
 applicable, e.g. lung figures for an 8-bit input, classification for a
 model without a classifier):
 
-  schema_version      "1.3" (1.1: input.axes added; NIfTI spacing_mm in file order;
+  schema_version      "1.4" (1.1: input.axes added; NIfTI spacing_mm in file order;
                       1.2: ood.rule and the encoder-feature score; 1.3:
-                      checkpoint.members)
+                      checkpoint.members; 1.4: status, model, classification.
+                      {result, inconclusive, confidence_threshold},
+                      lesion.{in_lung_ml, outside_lung_fraction}, ood is one
+                      rule {rule, value, threshold, flagged} with the other
+                      score under ood.reconstruction_error (its percentile
+                      etc. no longer at the top); summary involvement digits)
   tool, created       "mtl-jax predict", ISO-8601 UTC time
   input               path, kind (nifti|dicom|image), sha256 (of the file, or
                       of the chosen series' files in name order), series_uid,
@@ -22,24 +27,44 @@ model without a classifier):
   preprocessing       image_size, window_hu, model_input_kind (hu|8bit),
                       rendering (how this input became model input), resize,
                       slice_order, tta, batch_size, notes
-  classification      class_names, probabilities {class: p}, predicted_class,
-                      aggregation {rule, description, k, fraction,
+  status              "ok", or "out_of_distribution" when ood.flagged (the
+                      summary line then says the figures are not reliable;
+                      --refuse_ood makes it an error instead)
+  model               the model card's essentials (mtl_jax/model_card.py):
+                      intended_use ("research use only ..."), training_data
+                      {sources, eval_sources, data_dir}, recipe {steps,
+                      global_batch_size, learning_rate, image_size, model,
+                      tasks}, validation {selection {best_metric, value,
+                      metrics}, eval_validation} or "not recorded", checkpoint
+  classification      class_names, probabilities {class: p}, predicted_class
+                      (argmax), result (predicted_class, or "inconclusive"
+                      when the top probability is under
+                      confidence_threshold {value, source (validation |
+                      fallback), rule}), inconclusive (bool), aggregation {rule, description, k, fraction,
                       eligible_slices, slices_used}
   slices              per axial slice (canonical RAS index, 0 = most inferior):
                       index, lung (bool), lesion_pixels, probabilities, recon_mse
   lesion              threshold, volume_ml, voxel_volume_ml, by_class_ml,
-                      outside_lung_ml, area_pixels (2-D inputs)
+                      outside_lung_ml (lesion voxels outside the lung mask:
+                      never in involvement or the grade), in_lung_ml,
+                      outside_lung_fraction (a warning above 0.5),
+                      area_pixels (2-D inputs)
   lungs               available, method, volume_ml {right, left, total},
                       involvement_percent {right, left, total}, notes, limitation
   severity            scale, rule, grade (CT-0..CT-4), involvement_percent
-  ood                 flagged, rule ('encoder features' or 'reconstruction
-                      error'); feature_distance, feature_threshold (checkpoints
-                      with an `ood_features` reference, mtl_jax/ood.py: the rule
-                      then; in units of each source's median held-out distance
-                      when the reference has source_scales); metric, value,
-                      percentile, threshold_percentile (99), reference
-                      {sources, split, num_examples} (the reconstruction
-                      error, reported in any case)
+  ood                 one rule: rule ('encoder features' when the checkpoint
+                      has an `ood_features` reference, mtl_jax/ood.py, else
+                      'reconstruction error'), metric, value, threshold,
+                      flagged (value > threshold), reference; for encoder
+                      features also feature_distance, feature_threshold (=
+                      value, threshold; in units of each source's median
+                      held-out distance when the reference has
+                      source_scales), threshold_rule. reconstruction_error:
+                      the reconstruction score in its own field {rule,
+                      metric, value (MSE), percentile, threshold_percentile
+                      (99), flagged, reference {sources, split,
+                      num_examples}, note (whether it decided)}; for the
+                      reconstruction rule, ood.value is its percentile
   reference_mask      (batch mode with a mask column) path, dice, volume_ml
   outputs             file names in the output folder
   warnings            list of one-line warnings (also printed on stderr)
@@ -54,12 +79,12 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mtl_jax import jsonio
 from mtl_jax import ood as ood_lib
+from mtl_jax.report_text import format_percent, summary_line  # noqa: F401 (re-exported)
 from mtl_jax.data.features import COVID, SEG_CLASS_NAMES
 from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
-SCHEMA_VERSION = '1.3'
+SCHEMA_VERSION = '1.4'
 OOD_THRESHOLD_PERCENTILE = ood_lib.THRESHOLD_PERCENTILE  # one false-alarm rate for both rules
 SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
 SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '
@@ -68,6 +93,7 @@ PANEL_HEIGHT = 256
 MAX_PANELS = 4
 COLOURS = {1: (255, 40, 40), 2: (255, 220, 0)}  # GGO / lesion, consolidation
 ALPHA = 0.45
+OUTSIDE_LUNG_WARNING = 0.5  # warn when more of the predicted lesion lies outside the lungs
 
 
 def severity_grade(involvement_percent: float | None) -> str | None:
@@ -165,38 +191,6 @@ def input_info(study) -> dict:
           'intensity': study.intensity, 'num_slices': study.num_slices}
 
 
-def summary_line(name: str, rep: dict) -> str:
-  """One line per study for the terminal."""
-  c, sev, les, ood = rep['classification'], rep['severity'], rep['lesion'], rep['ood']
-  parts = [name]
-  if c:
-    parts.append(f'{c["predicted_class"]} p={c["probabilities"][c["predicted_class"]]:.2f}')
-  if les and les['volume_ml'] is not None:
-    parts.append(f'lesion {les["volume_ml"]:.1f} mL')
-  if sev['involvement_percent'] is not None:
-    parts.append(f'involvement {sev["involvement_percent"]:.1f}% {sev["grade"]}')
-  if ood and ood.get('feature_distance') is not None:
-    parts.append(f'OOD distance {ood["feature_distance"]:.2f} of '
-                 f'{ood["feature_threshold"]:.2f}' + (' FLAGGED' if ood['flagged'] else ''))
-  elif ood and ood.get('percentile') is not None:
-    parts.append(f'OOD percentile {ood["percentile"]:.0f}' +
-                 (' FLAGGED' if ood['flagged'] else ''))
-  return ', '.join(parts)
-
-
-def write_batch_summary(path, input_path, items, reports):
-  """batch_summary.json: one entry per study of a batch run."""
-  jsonio.write_json(path, {
-      'schema_version': SCHEMA_VERSION, 'input': os.path.abspath(str(input_path)),
-      'studies': [{'name': it.name, 'input': str(it.input),
-                   'mask': None if it.mask is None else str(it.mask),
-                   'summary': summary_line(it.name, r),
-                   'predicted_class': (r['classification'] or {}).get('predicted_class'),
-                   'severity': r['severity']['grade'],
-                   'ood_flagged': (r['ood'] or {}).get('flagged')}
-                  for it, r in zip(items, reports)]})
-
-
 # The study-level class: multiple-instance pooling over slices.
 AGG_FRACTION = 0.10
 LUNG_SLICE_FRACTION = 0.005  # an eligible slice has this much of its area in the lung mask
@@ -226,7 +220,8 @@ def aggregate_slices(probs: np.ndarray, eligible: np.ndarray,
 
 def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, multi: bool,
           ood_reference, render_warning, checkpoint: dict, preprocessing: dict,
-          features=None, ood_features=None) -> dict:
+          features=None, ood_features=None, confidence: dict | None = None,
+          model: dict | None = None) -> dict:
   """report.json for one study (schema above).
 
   labels: uint8 lesion labels in the study's canonical order, or None (no
@@ -248,49 +243,35 @@ def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, 
         'class_names': class_names,
         'probabilities': dict(zip(class_names, map(float, probs))),
         'predicted_class': class_names[int(np.argmax(probs))],
+        'confidence_threshold': confidence,
+        'inconclusive': bool(confidence is not None
+                             and float(np.max(probs)) < confidence['value']),
         'aggregation': {'rule': 'top_k_covid_mean', 'description': AGGREGATION,
                         'fraction': AGG_FRACTION, 'k': int(used.size),
                         'eligible_slices': int(eligible.sum() or num),
                         'slices_used': used.tolist()}}
-  ood = None
-  reference = ood_reference
-  if not np.isnan(recon).all():
-    value = float(np.nanmean(recon[eligible] if eligible.any() else recon))
-    ood = {'metric': 'mean per-slice reconstruction MSE of the eligible slices, '
-                     'as a percentile of held-out in-distribution slices',
-           'value': value,
-           'percentile': None, 'threshold_percentile': OOD_THRESHOLD_PERCENTILE,
-           'flagged': None, 'reference': None}
-    if reference and reference.get('percentiles'):
-      ood.update(ood_score(value, reference['percentiles']))
-      ood['reference'] = {k: reference.get(k)
-                          for k in ('sources', 'split', 'num_examples')}
-      if ood['flagged'] and not ood_features:
-        warnings.append(f'{study.path}: out of distribution: reconstruction error '
-                        f'at percentile {ood["percentile"]:.1f} of held-out training-like slices '
-                        f'(above the {OOD_THRESHOLD_PERCENTILE}th); the '
-                        'input may not be a chest CT like the training data')
-    else:
-      ood['note'] = 'checkpoint has no OOD reference (ood_reference)'
-    ood['rule'] = 'reconstruction error'
-  if features is not None and ood_features:
-    ood = ood or {}
-    ood.update(rule='encoder features', **ood_lib.score(
-        features[eligible] if eligible.any() else features, ood_features))
-    if ood['flagged']:
-      warnings.append(f'{study.path}: out of distribution: encoder feature distance '
-                      f'{ood["feature_distance"]:.2f} to the nearest training source is '
-                      f'above {ood["feature_threshold"]:.2f} (the '
-                      f'{ood_lib.THRESHOLD_PERCENTILE}th percentile of '
-                      'held-out training-like slices); the input may not be a chest CT '
-                      'like the training data')
+    classification['result'] = ('inconclusive' if classification['inconclusive']
+                                else classification['predicted_class'])
+  recon_score = _recon_score(study, recon, eligible, ood_reference)
+  ood = _ood_block(study, recon_score, features, eligible, ood_features, warnings)
   lesion = None
   if labels is not None:
     lesion = {'threshold': LESION_THRESHOLD if not multi else 'argmax',
               'voxel_volume_ml': voxel_ml,
               'volume_ml': None if voxel_ml is None else float(lesion_px.sum() * voxel_ml),
               'area_pixels': int(lesion_px.sum()) if study.kind == 'image' else None,
-              'by_class_ml': None, 'outside_lung_ml': outside_ml}
+              'by_class_ml': None, 'outside_lung_ml': outside_ml, 'in_lung_ml': None,
+              'outside_lung_fraction': None}
+    if outside_ml is not None and lesion['volume_ml'] is not None:
+      lesion['in_lung_ml'] = max(lesion['volume_ml'] - outside_ml, 0.0)
+      if lesion['volume_ml'] > 0:
+        lesion['outside_lung_fraction'] = outside_ml / lesion['volume_ml']
+        if lesion['outside_lung_fraction'] > OUTSIDE_LUNG_WARNING:
+          warnings.append(
+              f'{study.path}: {lesion["outside_lung_fraction"]:.0%} of the predicted lesion '
+              f'({outside_ml:.1f} of {lesion["volume_ml"]:.1f} mL) lies outside the lungs: '
+              'not counted in involvement or the grade; the segmentation may be wrong '
+              'or the lung mask may have missed lung')
     if multi and voxel_ml is not None:
       counts = np.bincount(labels.ravel(), minlength=len(SEG_CLASS_NAMES))
       lesion['by_class_ml'] = {n: float(counts[i] * voxel_ml)
@@ -312,4 +293,63 @@ def build(study, labels, cls, recon, lung_info: dict, eligible, *, class_names, 
       'severity': {'scale': SEVERITY_SCALE, 'rule': SEVERITY_RULE,
                    'grade': severity_grade(involvement),
                    'involvement_percent': involvement},
-      'ood': ood, 'reference_mask': None, 'warnings': warnings}
+      'ood': ood, 'status': 'out_of_distribution' if (ood or {}).get('flagged') else 'ok',
+      'model': model, 'reference_mask': None, 'warnings': warnings}
+
+
+def _recon_score(study, recon, eligible, reference) -> dict | None:
+  """The reconstruction-error score (`ood.reconstruction_error`), or None."""
+  if np.isnan(recon).all():
+    return None
+  value = float(np.nanmean(recon[eligible] if eligible.any() else recon))
+  out = {'rule': 'reconstruction error',
+         'metric': 'mean per-slice reconstruction MSE of the eligible slices, '
+                   'as a percentile of held-out in-distribution slices',
+         'value': value, 'percentile': None,
+         'threshold_percentile': OOD_THRESHOLD_PERCENTILE, 'flagged': None,
+         'reference': None}
+  if reference and reference.get('percentiles'):
+    out.update(ood_score(value, reference['percentiles']))
+    out['reference'] = {k: reference.get(k) for k in ('sources', 'split', 'num_examples')}
+  else:
+    out['note'] = 'checkpoint has no OOD reference (ood_reference)'
+  return out
+
+
+def _ood_block(study, recon_score, features, eligible, ood_features, warnings):
+  """report.json's `ood`: one rule's figures (value, threshold, flagged) and
+  the other score under `reconstruction_error`."""
+  if features is not None and ood_features:
+    scored = ood_lib.score(features[eligible] if eligible.any() else features, ood_features)
+    ood = {'rule': 'encoder features', 'metric': ood_lib.KIND,
+           'value': scored['feature_distance'], 'threshold': scored['feature_threshold'],
+           'flagged': scored['flagged'], **scored,
+           'threshold_rule': ood_features.get('threshold_rule'),
+           'reference': {'sources': ood_features.get('sources'),
+                         'num_calibration': ood_features.get('num_calibration')}}
+    if recon_score is not None:
+      ood['reconstruction_error'] = dict(recon_score, note=(
+          'shown for comparison; the encoder-feature rule decides `flagged`'))
+    if ood['flagged']:
+      warnings.append(f'{study.path}: out of distribution: encoder feature distance '
+                      f'{ood["value"]:.2f} to the nearest training source is '
+                      f'above {ood["threshold"]:.2f} (the '
+                      f'{ood_lib.THRESHOLD_PERCENTILE}th percentile of '
+                      'held-out training-like slices); the input may not be a chest CT '
+                      'like the training data')
+    return ood
+  if recon_score is None:
+    return None
+  ood = {'rule': 'reconstruction error', 'metric': recon_score['metric'],
+         'value': recon_score['percentile'], 'threshold': float(OOD_THRESHOLD_PERCENTILE),
+         'flagged': recon_score['flagged'],
+         'reference': recon_score['reference'],
+         'reconstruction_error': dict(recon_score, note=(
+             'the checkpoint has no encoder-feature reference: this score decides '
+             '`flagged` (value: its percentile)'))}
+  if ood['flagged']:
+    warnings.append(f'{study.path}: out of distribution: reconstruction error '
+                    f'at percentile {ood["value"]:.1f} of held-out training-like slices '
+                    f'(above the {OOD_THRESHOLD_PERCENTILE}th); the '
+                    'input may not be a chest CT like the training data')
+  return ood

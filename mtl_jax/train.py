@@ -263,7 +263,8 @@ def _run(config, workdir, trainer, built, interrupt_at_step, init_from):
   ckpt = checkpointing.Checkpointer(
       workdir, config.train.keep_checkpoints, config.train.best_metric,
       best_hooks=(evaluation.ood_reference_hook(trainer.runtime, trainer.predict,
-                                                variables_of),))
+                                                variables_of),
+                  evaluation.confidence_hook(trainer.runtime)))
   try:
     if ckpt.latest_step() is not None:
       state, _ = ckpt.restore(trainer.restore_target())

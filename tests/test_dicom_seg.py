@@ -2,6 +2,8 @@
 Segmentation that references the source series, read back with pydicom and
 highdicom, frame by frame equal to the mask on each source image."""
 
+import json
+
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -82,3 +84,27 @@ def test_a_seg_of_the_real_series_references_it(shared_data, tmp_path):
   assert raw.FrameOfReferenceUID == pydicom.dcmread(next(
       p for p in sorted(folder.iterdir()) if p.suffix != '.md')).FrameOfReferenceUID
   assert int(raw.NumberOfFrames) == int(np.sum(labels.any(axis=(0, 1))))
+
+
+def test_predict_writes_the_seg_beside_the_nifti_mask(series, model_dir, tmp_path):
+  from mtl_jax import cli  # pylint: disable=g-import-not-at-top
+  folder, uid, _ = series
+  out = tmp_path / 'out'
+  assert cli.main(['predict', '--workdir', model_dir, '--input', str(folder), '--output',
+                   str(out), '--output_type', 'dicom_seg']) == 0
+  report = json.loads((out / 'report.json').read_text())
+  assert report['outputs']['lesion_seg'] == 'lesion_seg.dcm'
+  raw = pydicom.dcmread(out / 'lesion_seg.dcm')
+  assert raw.Modality == 'SEG' and raw.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+  assert (out / 'lesion_mask.nii.gz').exists()
+
+
+def test_predict_dicom_seg_of_a_nifti_is_one_line(model_dir, tmp_path, capsys):
+  from mtl_jax import cli  # pylint: disable=g-import-not-at-top
+  vol, _ = synthetic_volume(size=32, n=2, seed=1)
+  oblique_nifti(tmp_path / 's.nii.gz', vol, (1.0, 1.0, 2.0), ('R', 'A', 'S'))
+  assert cli.main(['predict', '--workdir', model_dir, '--input', str(tmp_path / 's.nii.gz'),
+                   '--output', str(tmp_path / 'o'), '--output_type', 'dicom_seg']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and '--output_type dicom_seg needs DICOM input' in err[0]
+  assert not (tmp_path / 'o').exists()

@@ -9,7 +9,9 @@ replaced by a threshold (as in test_predict), and must end with:
   * exit status 0 or 2, never 1, and no 'Traceback' on stderr;
   * on 2: a last stderr line 'mtl-jax predict: error: ...' naming the input
     (its file or folder name), and no output folder;
-  * on 0: a report.json in the output folder.
+  * on 0: a report.json in the output folder; for a byte-flipped input, a
+    summary line that is qualified (QUALIFIERS: an inconclusive class, or
+    figures marked not reliable), never a plain clinical answer.
 
 The rule for which mutations MUST be refused (status 2): those that make the
 file corrupt or unusable in a way the format lets us see --
@@ -51,6 +53,7 @@ from test_predict import fake_threshold_model, write_dicom_series
 
 SEED = int(os.environ.get('MTL_FUZZ_SEED', '20240517'))
 VOLUME_SHAPE = (16, 16, 4)
+QUALIFIERS = ('inconclusive', 'not reliable')
 
 
 @pytest.fixture(scope='module')
@@ -271,7 +274,8 @@ def test_fuzzed_inputs_refused_in_one_line_or_predicted(fuzz_predictor, monkeypa
     out = tmp_path / 'out' / f'{i:03d}'
     code = cli.main(['predict', '--workdir', workdir, '--input', str(path),
                      '--output', str(out)])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     lines = err.strip().splitlines()
     problem = None
     if code not in (0, 2) or 'Traceback' in err:
@@ -285,6 +289,9 @@ def test_fuzzed_inputs_refused_in_one_line_or_predicted(fuzz_predictor, monkeypa
       problem = 'corrupt input got a report'
     elif code == 0 and not (out / 'report.json').exists():
       problem = 'status 0 without report.json'
+    elif code == 0 and ('flip' in what or ' byte ' in what) and not any(
+        q in captured.out for q in QUALIFIERS):
+      problem = f'byte-flipped input got an unqualified clinical line: {captured.out.strip()}'
     if problem:
       failures.append(f'{path.name} ({what}): {problem}')
     outcomes[code] = outcomes.get(code, 0) + 1

@@ -321,11 +321,10 @@ def test_end_to_end_report_schema_with_cli(model_dir, tmp_path, capsys):
   assert lung['available'] and 100 < lung['volume_ml']['total'] < 5000
   assert rep['severity']['grade'] == report.severity_grade(
       lung['involvement_percent']['total'])
-  assert 0 <= rep['ood']['percentile'] <= 100
+  assert 0 <= rep['ood']['reconstruction_error']['percentile'] <= 100
   # Checkpoints now carry the encoder-feature reference (mtl_jax/ood.py): it decides.
   assert rep['ood']['rule'] == 'encoder features'
-  assert rep['ood']['flagged'] == (rep['ood']['feature_distance'] >
-                                   rep['ood']['feature_threshold'])
+  assert rep['ood']['flagged'] == (rep['ood']['value'] > rep['ood']['threshold'])
   for name in ('lesion_mask.nii.gz', 'lesion_probability.nii.gz'):
     image = nib.load(str(out / name))
     assert image.shape == stored.shape
@@ -430,7 +429,7 @@ def test_ood_flags_photograph_and_mr_not_synthetic_ct(predictor, tmp_path, capsy
           for name in ('ct.nii.gz', 'photo.png', 'mr.png')}
   err = capsys.readouterr().err
   assert not reps['ct.nii.gz']['ood']['flagged']
-  assert reps['ct.nii.gz']['ood']['percentile'] < 99
+  assert reps['ct.nii.gz']['ood']['reconstruction_error']['percentile'] < 99
   for name in ('photo.png', 'mr.png'):
     assert reps[name]['ood']['flagged'], reps[name]['ood']
     assert any('out of distribution' in w for w in reps[name]['warnings'])

@@ -81,31 +81,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mtl_jax import ood as ood_lib
 from mtl_jax.report_text import format_percent, summary_line  # noqa: F401 (re-exported)
+from mtl_jax.severity import SEVERITY_RULE, SEVERITY_SCALE, severity_grade  # noqa: F401
 from mtl_jax.data.features import COVID, SEG_CLASS_NAMES
 from mtl_jax.lesion_threshold import LESION_THRESHOLD
 
 SCHEMA_VERSION = '1.4'
 OOD_THRESHOLD_PERCENTILE = ood_lib.THRESHOLD_PERCENTILE  # one false-alarm rate for both rules
-SEVERITY_SCALE = 'MosMedData CT-0..CT-4 (percentage of lung volume involved)'
-SEVERITY_RULE = ('CT-0: 0% (no lesion), CT-1: >0-<25%, CT-2: 25-<50%, '
-                 'CT-3: 50-<75%, CT-4: >=75%')
 PANEL_HEIGHT = 256
 MAX_PANELS = 4
 COLOURS = {1: (255, 40, 40), 2: (255, 220, 0)}  # GGO / lesion, consolidation
 ALPHA = 0.45
 OUTSIDE_LUNG_WARNING = 0.5  # warn when more of the predicted lesion lies outside the lungs
-
-
-def severity_grade(involvement_percent: float | None) -> str | None:
-  """MosMedData category from the % of lung volume involved (None: unknown)."""
-  if involvement_percent is None or not np.isfinite(involvement_percent):
-    return None
-  if involvement_percent <= 0:
-    return 'CT-0'
-  for grade, upper in (('CT-1', 25), ('CT-2', 50), ('CT-3', 75)):
-    if involvement_percent < upper:
-      return grade
-  return 'CT-4'
 
 
 def ood_score(value: float, percentiles) -> dict:

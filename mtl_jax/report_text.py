@@ -18,11 +18,7 @@ import math
 import os
 
 from mtl_jax import jsonio
-
-
-def _grade(value: float) -> str:
-  from mtl_jax.report import severity_grade  # pylint: disable=g-import-not-at-top
-  return severity_grade(value)
+from mtl_jax.severity import severity_grade as _grade
 
 
 def format_percent(value: float) -> str:

@@ -234,11 +234,12 @@ class Checkpointer:
     meta = dict(meta)
     for hook in self.best_hooks:
       meta.update(hook(state, held_out or {}))
-    meta['selection'] = {'best_metric': self.best_metric, 'value': value,
-                         'split': metrics.get('split', 'validation'),
-                         'metrics': {k: float(v) for k, v in sorted(metrics.items())
-                                     if isinstance(v, (int, float))
-                                     and not isinstance(v, bool)}}
+    meta['selection'] = {'best_metric': self.best_metric, 'value': value}
+    # The figures it was chosen on, for the model card (model_card.card).
+    meta['validation'] = {'split': metrics.get('split', 'validation'),
+                          'metrics': {k: float(v) for k, v in sorted(metrics.items())
+                                      if isinstance(v, (int, float))
+                                      and not isinstance(v, bool)}}
     self.best.save(step, args=_save_args(state, meta), force=True)
     self.best.wait_until_finished()
     self._discard('best', [s for s in self._steps('best') if s != step])

@@ -90,7 +90,7 @@ def card(meta: dict, path: str, workdir: str) -> dict:
   model = config.get('model') or {}
   selection = meta.get('selection')
   validation = {'selection': selection or NOT_RECORDED,
-                'metrics': (selection or {}).get('metrics') or NOT_RECORDED}
+                'metrics': (meta.get('validation') or {}).get('metrics') or NOT_RECORDED}
   evaluated = os.path.join(workdir, 'eval_validation.json')
   if os.path.exists(evaluated):
     try:

@@ -34,8 +34,8 @@ model without a classifier):
                       intended_use ("research use only ..."), training_data
                       {sources, eval_sources, data_dir}, recipe {steps,
                       global_batch_size, learning_rate, image_size, model,
-                      tasks}, validation {selection {best_metric, value,
-                      metrics}, eval_validation} or "not recorded", checkpoint
+                      tasks}, validation {selection {best_metric, value},
+                      metrics, eval_validation} or "not recorded", checkpoint
   classification      class_names, probabilities {class: p}, predicted_class
                       (argmax), result (predicted_class, or "inconclusive"
                       when the top probability is under

@@ -23,7 +23,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mtl_jax import dotted_paths, exported
-from mtl_jax.config import loader
 from mtl_jax.errors import CheckpointError, ConfigError
 
 LATEST_DIR = 'checkpoints'

@@ -80,6 +80,9 @@ def export(loaded, dest, dtype: str = 'float16', validation: dict | None = None,
   if dtype not in STORED_DTYPES:
     raise CheckpointError(f'--dtype {dtype}: choose one of {", ".join(STORED_DTYPES)}')
   dest = os.path.abspath(os.fspath(dest))
+  if os.path.isdir(dest) and os.listdir(dest) and not is_exported(dest):
+    raise CheckpointError(f'{dest} exists, is not empty and holds no exported model; '
+                          'choose another --output')
   parent = os.path.dirname(dest)
   os.makedirs(parent, exist_ok=True)
   stage = tempfile.mkdtemp(prefix='.export-', dir=parent)
@@ -96,13 +99,7 @@ def export(loaded, dest, dtype: str = 'float16', validation: dict | None = None,
                         sort_keys=True)
     if card:
       pathlib.Path(stage, CARD_FILE).write_text(card, encoding='utf-8')
-    if os.path.exists(dest):
-      old = f'{dest}.replaced-{os.getpid()}'
-      os.rename(dest, old)
-      os.rename(stage, dest)
-      shutil.rmtree(old)
-    else:
-      os.rename(stage, dest)
+    jsonio.replace_dir(stage, dest)
   except BaseException:
     shutil.rmtree(stage, ignore_errors=True)
     raise

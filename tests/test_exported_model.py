@@ -55,3 +55,12 @@ def test_predict_uses_the_shipped_model_without_a_workdir(export, monkeypatch, t
           f'({export};') in err
   rep = json.loads((tmp_path / 'out' / 'report.json').read_text())
   assert rep['checkpoint']['which'] == 'exported' and rep['checkpoint']['step'] == 2
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_model(model_dir, tmp_path, capsys):
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_text('keep me')
+  assert cli.main(['export-model', '--workdir', model_dir, '--output',
+                   str(tmp_path / 'mine')]) == 2
+  assert 'is not empty and holds no exported model' in capsys.readouterr().err
+  assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep me'
